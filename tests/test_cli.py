@@ -1,4 +1,6 @@
 """End-to-end tests of the `slm` console script, run as a user runs it (a subprocess)."""
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -15,9 +17,22 @@ SLM = shutil.which("slm", path=str(Path(sys.executable).parent)) or "slm"
 
 
 def run(*args, cwd=ROOT, env=None):
-    "Run `slm ARGS` in a subprocess; returns the CompletedProcess (text mode)."
+    "Run `slm ARGS` in a subprocess, as a user would; returns the CompletedProcess (text mode)."
     return subprocess.run([SLM, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
+
+
+def run_in(*args, env=None):
+    "Run `slm ARGS` in this process (same code path as the console script, without starting Python again)."
+    from slm.cli import main
+    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        os.environ.clear(); os.environ.update(saved)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_help_and_version():
@@ -57,8 +72,8 @@ def test_corpus_own_text_with_unicode_folding(tmp_path):
     f = tmp_path / "mine.txt"
     f.write_text(text, encoding="utf-8")
     env = {"SLM_CACHE_DIR": str(tmp_path / "cache")}
-    plain = json.loads(run("corpus", "--json", "--set", f"data.source={f}", "--set", "model.context_length=32", env=env).stdout)
-    folded = json.loads(run("corpus", "--json", "--set", f"data.source={f}", "--set", "model.context_length=32",
+    plain = json.loads(run_in("corpus", "--json", "--set", f"data.source={f}", "--set", "model.context_length=32", env=env).stdout)
+    folded = json.loads(run_in("corpus", "--json", "--set", f"data.source={f}", "--set", "model.context_length=32",
                             "--set", "data.fold_unicode=true", env=env).stdout)
     assert plain["unk_count"] == 4 * 200            # “ ” é — and nothing else is outside ASCII
     assert folded["unk_count"] == 0
@@ -69,8 +84,8 @@ def test_corpus_folder_and_glob(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "b.txt").write_text("second file\n" * 100)
     env = {"SLM_CACHE_DIR": str(tmp_path / "cache")}
-    folder = json.loads(run("corpus", "--json", "--set", f"data.source={tmp_path}", "--set", "model.context_length=16", env=env).stdout)
-    glob = json.loads(run("corpus", "--json", "--set", f"data.source={tmp_path}/*.txt", "--set", "model.context_length=16", env=env).stdout)
+    folder = json.loads(run_in("corpus", "--json", "--set", f"data.source={tmp_path}", "--set", "model.context_length=16", env=env).stdout)
+    glob = json.loads(run_in("corpus", "--json", "--set", f"data.source={tmp_path}/*.txt", "--set", "model.context_length=16", env=env).stdout)
     assert folder["characters"] == 1100 + 1 + 1200   # both files, joined by a newline
     assert glob["characters"] == 1100                 # only the top-level file
 
@@ -85,7 +100,7 @@ def test_corpus_folder_and_glob(tmp_path):
 def test_bad_config_one_clear_line(tmp_path, yaml_text, key):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml_text)
-    r = run("corpus", cfg)
+    r = run_in("corpus", cfg)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -111,7 +126,7 @@ def test_bad_corpus_one_clear_line(tmp_path, source, expect):
     if source in files:
         (tmp_path / "f.txt").write_bytes(files[source])
         source = tmp_path / "f.txt"
-    r = run("corpus", "--set", f"data.source={source}", env={"SLM_CACHE_DIR": str(tmp_path / "cache")})
+    r = run_in("corpus", "--set", f"data.source={source}", env={"SLM_CACHE_DIR": str(tmp_path / "cache")})
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and expect in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
@@ -127,3 +142,115 @@ def test_bad_override_is_rejected(tmp_path):
 def test_missing_config_file():
     r = run("corpus", "no-such-config.yaml")
     assert r.returncode == 2 and "no-such-config.yaml" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- train / generate / chat / bench: one tiny run shared by the tests below ----
+
+TINY = ["--set", "training.max_steps=12", "--set", "eval.eval_interval=6", "--set", "checkpoint.interval=6",
+        "--set", "eval.eval_batches=2", "--set", "eval.sample_length=20"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    "Train configs/tiny.yaml for 12 steps with `slm train`; returns (CompletedProcess, run folder)."
+    d = tmp_path_factory.mktemp("runs")
+    r = run("train", ROOT / "configs" / "tiny.yaml", "--no-progress", *TINY, "--set", f"checkpoint.runs_dir={d}")
+    runs = sorted(p for p in d.iterdir() if p.is_dir())
+    return r, (runs[0] if runs else None)
+
+
+def test_train_writes_a_complete_run_and_prints_a_sample(tiny_run):
+    r, run_dir = tiny_run
+    assert r.returncode == 0, r.stderr
+    assert run_dir is not None
+    for name in ("config.yaml", "manifest.json", "metrics.jsonl", "tokenizer.json", "loss_curve.png"):
+        assert (run_dir / name).is_file(), name
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for key in ("run_id", "git_commit", "config_hash", "hook_list", "device"):
+        assert key in manifest
+    steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 12
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.pt"))[-1].startswith("step-")
+    assert "validation loss:" in r.stdout and "nats/char" in r.stdout and "bits/char" in r.stdout
+    assert "sample (temperature" in r.stdout
+
+
+def test_generate_is_reproducible_with_a_seed(tiny_run):
+    _, run_dir = tiny_run
+    a = run("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "7")
+    b = run("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "7")
+    assert a.returncode == 0, a.stderr
+    assert a.stdout == b.stdout and a.stdout.startswith("ROMEO:") and len(a.stdout.rstrip("\n")) >= len("ROMEO:")
+    g = run("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--temperature", "0")
+    assert g.returncode == 0 and g.stdout == run("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "30",
+                                                  "--temperature", "0", "--seed", "99").stdout   # greedy ignores the seed
+
+
+@pytest.mark.parametrize("opts, word", [
+    (["--temperature", "-1"], "temperature"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--top-p", "0"], "top_p"),
+    (["--top-k", "0"], "top_k"),
+    (["--max-new-tokens", "-5"], "max_new_tokens"),
+])
+def test_generate_bad_sampling_option_is_one_line(tiny_run, opts, word):
+    _, run_dir = tiny_run
+    r = run_in("generate", run_dir, "--prompt", "A", *opts)
+    assert r.returncode == 2 and word in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_generate_from_missing_or_corrupt_checkpoint(tiny_run, tmp_path):
+    r = run("generate", tmp_path / "nope")
+    assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    r = run("generate", bad)
+    assert r.returncode == 2 and "broken.pt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_chat_session(tiny_run):
+    _, run_dir = tiny_run
+    script = "Good morrow\n/set temperature=0.5\n/set top_p=2\n/show\n/help\nAnd you?\n/quit\n"
+    r = subprocess.run([SLM, "chat", str(run_dir), "--seed", "1", "--max-new-tokens", "20"], input=script,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("HAMLET: ") == 2                           # two replies
+    assert "temperature=0.5" in r.stdout                              # /set took effect, /show shows it
+    assert "error: top_p must be" in r.stdout                         # a bad /set is refused, the chat goes on
+    assert "/quit" in r.stdout                                        # /help listed the commands
+
+
+def test_chat_ends_cleanly_on_end_of_input(tiny_run):
+    _, run_dir = tiny_run
+    r = subprocess.run([SLM, "chat", str(run_dir)], input="", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr
+
+
+def test_train_resume_continues_the_run(tiny_run):
+    _, run_dir = tiny_run
+    cfg = run_dir / "config.yaml"
+    text = cfg.read_text().replace("max_steps: 12", "max_steps: 14")
+    assert text != cfg.read_text()
+    cfg.write_text(text)
+    r = run("train", "--resume", run_dir, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 14 and steps == sorted(steps)
+
+
+def test_train_usage_errors(tmp_path):
+    r = run("train")
+    assert r.returncode == 2 and "CONFIG" in r.stderr
+    r = run("train", "--resume", tmp_path / "no-run")
+    assert r.returncode == 2 and "no-run" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_prints_json_figures():
+    r = run("bench", ROOT / "configs" / "tiny.yaml", "--steps", "2")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["matmul_peak_gflops"]["float32"] > 0
+    assert out["training"]["tokens_per_s"] > 0 and 0 < out["training"]["mfu_vs_fp32_peak"]
+    assert out["generation"]["new_tokens"] == 256 and out["generation"]["kv_cache_speedup"] > 0
+    assert out["tokenizer"]["encode_MB_per_s"] > 0

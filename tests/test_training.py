@@ -194,13 +194,18 @@ def test_load_run(root, base):
         load_run(root / "nope")
 
 
-def test_hooks_are_refused_until_the_loop_applies_them(root):
-    cfg = make_cfg(root, "hooked")
-    cfg = config_from_dict({**cfg.model_dump(mode="python"),
-                            "hooks": {"forward": [{"name": "identity", "point": "hook_embed"}]}})
-    with pytest.raises(ConfigError, match="hooks: 1 hook\\(s\\) configured, but this training loop does not apply hooks"):
-        run_quiet(cfg)
-    assert not (root / "runs" / "hooked").exists()
+def test_hooks_are_applied_and_a_bad_one_is_refused_before_the_folder(root):
+    "The config's hooks (chapter 04) reach the loop: listed in the manifest, auxiliary losses in metrics.jsonl."
+    hooked = {**make_cfg(root, "hooked").model_dump(mode="python"),
+              "hooks": {"aux": [{"name": "act_l1", "point": "blocks.*.mlp.hook_post", "params": {"weight": 0.1}}]}}
+    r = run_quiet(config_from_dict(hooked))
+    assert json.loads((r.run_dir / "manifest.json").read_text())["hook_list"] == [
+        {"kind": "aux", "name": "act_l1", "point": "blocks.*.mlp.hook_post", "params": {"weight": 0.1}}]
+    assert read_jsonl(r.run_dir)[-1]["aux.act_l1"] > 0
+    bad = {**make_cfg(root, "badhook").model_dump(mode="python"), "hooks": {"update": [{"name": "sign", "point": "nothing.*"}]}}
+    with pytest.raises(ConfigError, match=r"hooks.update\[0\].point: no parameter matches 'nothing.\*'"):
+        run_quiet(config_from_dict(bad))
+    assert not (root / "runs" / "badhook").exists()
 
 
 def test_existing_run_name_is_refused(root, base):
