@@ -247,10 +247,21 @@ def test_train_usage_errors(tmp_path):
 
 
 def test_bench_prints_json_figures():
-    r = run("bench", ROOT / "configs" / "tiny.yaml", "--steps", "2")
+    r = run("bench", ROOT / "configs" / "tiny.yaml", "--steps", "2", "--gen-batch", "1,2")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["matmul_peak_gflops"]["float32"] > 0
-    assert out["training"]["tokens_per_s"] > 0 and 0 < out["training"]["mfu_vs_fp32_peak"]
-    assert out["generation"]["new_tokens"] == 256 and out["generation"]["kv_cache_speedup"] > 0
+    assert set(out["matmul_peak_gflops"]) == {"float32", "bfloat16"} and out["matmul_peak_gflops"]["float32"] > 0
+    for d in ("float32", "bfloat16"):
+        tr = out["training"][d]
+        assert tr["dtype"] == d and tr["tokens_per_s"] > 0 and 0 < tr["mfu_vs_fp32_peak"]
+        assert abs(tr["gflops"] - out["model"]["flops_per_token"] * tr["tokens_per_s"] / 1e9) < 1e-6 * tr["gflops"]
+    gen = out["generation"]
+    assert gen["new_tokens"] == 256 and [gen[k]["batch_size"] for k in ("batch_1", "batch_2")] == [1, 2]
+    assert all(gen[k]["kv_cache_speedup"] > 0 for k in ("batch_1", "batch_2"))
     assert out["tokenizer"]["encode_MB_per_s"] > 0
+    assert len(out["targets_met"]) == 4 and all(isinstance(v, bool) for v in out["targets_met"].values())
+
+
+def test_bench_rejects_bad_batch_sizes():
+    r = run("bench", "--gen-batch", "1,x", "--skip-generation")
+    assert r.returncode == 2 and "1,x" in r.stderr and "Traceback" not in r.stderr
