@@ -40,6 +40,7 @@ def build_readme(root: Path = ROOT) -> str:
     nb.cells = [c for c in nb.cells if not re.match(r"\s*#\|\s*hide", c.source)]
     body, _ = MarkdownExporter().from_notebook_node(nb)
     body = _LINK.sub(lambda m: f"](nbs/{m.group(1)}.ipynb{m.group(2) or ''})", body)
+    body = body.replace("](images/", "](nbs/images/")      # figures committed in nbs/images/
     text = "<!-- Generated from nbs/index.ipynb by tests/docs_offline.py: edit the notebook, not this file. -->\n\n" + body.strip() + "\n"
     (root / "README.md").write_text(text)
     return text
@@ -66,6 +67,7 @@ def build_site(root: Path = ROOT, out: str = "_site") -> list[Path]:
     cache = root / "_proc"
     dest = root / out
     shutil.rmtree(dest, ignore_errors=True); dest.mkdir()
+    if (root / "nbs" / "images").is_dir(): shutil.copytree(root / "nbs" / "images", dest / "images")
     pages = sorted(cache.glob("*.ipynb"))
     nav = " · ".join(f"[{_front_matter(nbformat.read(p, as_version=4)).get('title', p.stem)}]({p.stem}.html)"
                      for p in pages)
