@@ -265,3 +265,41 @@ def test_bench_prints_json_figures():
 def test_bench_rejects_bad_batch_sizes():
     r = run("bench", "--gen-batch", "1,x", "--skip-generation")
     assert r.returncode == 2 and "1,x" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_evaluate_prints_the_table_with_three_baselines(tiny_run, tmp_path):
+    _, run_dir = tiny_run
+    r = run("evaluate", run_dir)
+    assert r.returncode == 0, r.stderr
+    for word in ("nats/char", "bits/char", "perplexity", "bigram", "unigram", "uniform"):
+        assert word in r.stdout, word
+    text = tmp_path / "play.txt"
+    text.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n")
+    r = run("evaluate", run_dir, "--data", text, "--json")
+    assert r.returncode == 0, r.stderr
+    assert "play.txt" in r.stdout
+
+
+def test_evaluate_and_compare_errors_are_one_line(tiny_run, tmp_path):
+    _, run_dir = tiny_run
+    short = tmp_path / "short.txt"
+    short.write_text("A")
+    for args in (("evaluate", tmp_path / "no-run"), ("evaluate", run_dir, "--data", short),
+                 ("evaluate", run_dir, "--data", tmp_path / "missing.txt"), ("compare", run_dir, tmp_path / "no-run")):
+        r = run(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
+    r = run("evaluate", run_dir, "--batch-size", "0")        # an argparse usage error: usage lines, then the error
+    assert r.returncode == 2 and "--batch-size: must be >= 1, got 0" in r.stderr.splitlines()[-1]
+
+
+def test_compare_two_runs(tiny_run, tmp_path):
+    _, run_dir = tiny_run
+    other = tmp_path / "runs"
+    r = run("train", ROOT / "configs" / "tiny.yaml", "--no-progress", *TINY, "--set", f"checkpoint.runs_dir={other}",
+            "--set", "training.lr=0.003", "--set", "other.run_name=lr3e-3")
+    assert r.returncode == 0, r.stderr
+    png = tmp_path / "curves.png"
+    r = run("compare", run_dir, other / "lr3e-3", "--plot", png)
+    assert r.returncode == 0, r.stderr
+    assert "training.lr" in r.stdout and "lr3e-3" in r.stdout and png.stat().st_size > 0
