@@ -4,7 +4,6 @@ targets, the baselines, evaluating and comparing run folders, errors for bad inp
 Models are tiny (random, or trained for a few steps on a small generated corpus) and run on one CPU thread."""
 import json
 import math
-import random
 
 import numpy as np
 import pytest
@@ -19,6 +18,8 @@ from slm.evaluation import (EvaluationError, baseline_losses, bigram_probs, bits
 from slm.model import GPT
 from slm.tokenizer import CharTokenizer
 from slm.training import train
+
+from _corpus import play_text
 
 torch.set_num_threads(1)
 T = 8
@@ -59,8 +60,6 @@ With this regard their currents turn awry,
 And lose the name of action.
 """
 
-WORDS = ("the king queen of and to my lord what is thou art not be love death night day sweet fair good "
-         "come go hence speak hear tell me now").split()
 
 
 @pytest.fixture(scope="module")
@@ -167,10 +166,7 @@ def test_bigram_beats_unigram_on_real_text(tok):
 def runs(tmp_path_factory):
     "Two tiny runs (differing in d_model and lr) on a ~20k-character generated corpus, plus the folder they live in."
     root = tmp_path_factory.mktemp("evaluation")
-    rng = random.Random(0)
-    speeches = [f"{rng.choice(['ROMEO', 'JULIET', 'NURSE'])}:\n"
-                + " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + ".\n" for _ in range(350)]
-    (root / "corpus.txt").write_text("\n".join(speeches))
+    (root / "corpus.txt").write_text(play_text(350))
 
     def cfg(name, d_model, lr):
         return config_from_dict({

@@ -23,18 +23,15 @@ from slm.training import (CheckpointError, TrainingInterrupted, accumulate_gradi
                           load_checkpoint, load_run, lr_at, make_optimizer, param_groups, read_jsonl, save_checkpoint,
                           train, train_step)
 
-WORDS = ("the king queen of and to my lord what is thou art not be love death night day sweet fair good "
-         "come go hence speak hear tell me now").split()
+from _corpus import play_text
+
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     "A folder with a ~35k-character corpus (speaker lines of random words) and room for caches and runs."
     d = tmp_path_factory.mktemp("training")
-    rng = random.Random(0)
-    speeches = [f"{rng.choice(['ROMEO', 'JULIET', 'NURSE'])}:\n"
-                + " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 12))).capitalize() + ".\n" for _ in range(600)]
-    (d / "corpus.txt").write_text("\n".join(speeches))
+    (d / "corpus.txt").write_text(play_text(600))
     return d
 
 
