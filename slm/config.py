@@ -75,6 +75,9 @@ class ModelConfig(_Section):
         "sdpa", "fused scaled_dot_product_attention, or explicit softmax(QK^T/sqrt(d))V that keeps attention maps", "sdpa | explicit")
     tie_weights: bool = _f(True, "share the token-embedding matrix with the LM head", "true | false")
     init_std: float = _f(0.02, "std of the N(0, std) weight init; residual projections use std / sqrt(2 * n_layers)", "> 0", gt=0)
+    qk_memory: bool = _f(False, "add the persistent Q-K memory read M_t q / norm_sum_t to each query (chapter 09; off = the plain model)",
+                         "true | false")
+    qk_memory_slots: int = _f(16, "learned persistent keys per head of that memory (qk_memory only; 0 = none)", ">= 0", ge=0)
 
     @model_validator(mode="after")
     def _check_shapes(self):
@@ -92,8 +95,9 @@ class TrainConfig(_Section):
     batch_size: int = _f(16, "sequences per micro-batch", ">= 1", ge=1)
     grad_accum_steps: int = _f(1, "micro-batches accumulated per optimizer step (effective batch = batch_size * this)", ">= 1", ge=1)
     max_steps: int = _f(5000, "optimizer steps to train for", ">= 1", ge=1)
-    optimizer: Literal["adamw", "adam", "sgd"] = _f(
-        "adamw", "the update rule: AdamW, Adam with L2 decay in the gradient, or SGD with momentum (chapter 04)", "adamw | adam | sgd")
+    optimizer: Literal["adamw", "adam", "sgd", "muon"] = _f(
+        "adamw", "the update rule: AdamW, Adam with L2 decay in the gradient, SGD with momentum (chapter 04), or Muon for hidden "
+        "weight matrices with AdamW for the rest (chapter 09)", "adamw | adam | sgd | muon")
     lr: float = _f(3e-4, "peak learning rate", "> 0", gt=0)
     weight_decay: float = _f(0.1, "weight decay of weight matrices, not biases or norms (decoupled in adamw, an L2 term in adam and sgd)",
                              ">= 0", ge=0)
@@ -106,6 +110,21 @@ class TrainConfig(_Section):
     warmup_steps: int = _f(0, "linear warmup from 0 to lr over this many steps (0 = no warmup)", ">= 0", ge=0)
     min_lr_ratio: float = _f(0.1, "floor of the cosine schedule, as a fraction of lr", "0 <= x <= 1", ge=0, le=1)
     grad_clip: float = _f(1.0, "clip the global gradient norm to this value (0 = no clipping)", ">= 0", ge=0)
+    muon_lr: float | None = _f(None, "Muon's peak learning rate (optimizer: muon; null = lr, right for muon_adjust_lr: match_rms_adamw)",
+                               "> 0 or null", gt=0)
+    muon_momentum: float = _f(0.95, "Muon momentum (Nesterov)", "0 <= x < 1", ge=0, lt=1)
+    muon_ns_steps: int = _f(5, "Newton-Schulz iterations that orthogonalise each Muon update", ">= 1", ge=1)
+    muon_adjust_lr: Literal["match_rms_adamw", "original"] = _f(
+        "match_rms_adamw", "per-matrix lr factor: 0.2*sqrt(max(A, B)) to match AdamW's update size, or Keller Jordan's sqrt(max(1, A/B))",
+        "match_rms_adamw | original")
+    muon_ns_dtype: Literal["auto", "float32", "bfloat16"] = _f(
+        "auto", "precision of the Newton-Schulz iteration (auto = bfloat16 on a GPU, float32 on the CPU)", "auto | float32 | bfloat16")
+    spike_threshold: float = _f(0.05, "flag a loss spike when the perplexity of a metrics line exceeds its EMA by this fraction "
+                                "(0 = off; seed 004)", ">= 0", ge=0)
+    spike_ema_decay: float = _f(0.9, "decay of that perplexity EMA, per metrics line", "0 <= x < 1", ge=0, lt=1)
+    rollback: bool = _f(True, "on a spike or a NaN/inf loss, roll back to the second-most-recent checkpoint (false = only flag it)",
+                        "true | false")
+    max_rollbacks: int = _f(5, "rollbacks allowed per run; after that spikes are only flagged and a NaN loss stops the run", ">= 0", ge=0)
 
 # %% ../nbs/02_config.ipynb #a4532609
 class DataConfig(_Section):
@@ -128,6 +147,8 @@ class EvalConfig(_Section):
     log_interval: int = _f(10, "log the training loss every this many steps", ">= 1", ge=1)
     sample_prompt: str = _f("ROMEO:\n", "fixed prompt for the sample generated at each evaluation", "non-empty", min_length=1)
     sample_length: int = _f(200, "characters generated for that sample (0 = no sample)", ">= 0", ge=0)
+    probe_interval: int = _f(1000, "run the needle-in-a-haystack memory probe every this many steps (0 = off; seed 004)", ">= 0", ge=0)
+    probe_keys: int = _f(100, "haystack keys in that probe (seed 004: 100)", ">= 1", ge=1)
 
 class SamplingConfig(_Section):
     "Sampling: defaults for text generation (seed decision 7.2: temperature 1, no top-k: pure multinomial)."

@@ -344,7 +344,19 @@ OPTIMIZERS: dict[str, Callable] = {  # name in `training.optimizer` -> (param_gr
     "adamw": lambda groups, tc: torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps),
     "adam": lambda groups, tc: torch.optim.Adam(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=tc.eps),
     "sgd": lambda groups, tc: torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum),
+    "muon": lambda groups, tc: _muon(groups, tc),
 }
+
+def _muon(groups: list[dict], tc) -> torch.optim.Optimizer:
+    "Chapter 09's `Muon` for the hidden weight matrices, AdamW for the rest; needs the groups' `names` (chapter 05's `param_groups`)."
+    from .memory import Muon, muon_groups      # chapter 09 (imported here: slm.memory comes later in the book)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(tc.muon_ns_dtype)
+    if dtype is None:   # auto: bfloat16 where matmuls in it are fast (a GPU), float32 on the CPU
+        dtype = torch.bfloat16 if any(p.is_cuda for g in groups for p in g["params"]) else torch.float32
+    try: mg = muon_groups(groups)
+    except ValueError as e: raise ConfigError(f"muon: {e}", "training.optimizer") from None
+    return Muon(mg, lr=tc.lr, momentum=tc.muon_momentum, ns_steps=tc.muon_ns_steps, adjust_lr=tc.muon_adjust_lr, ns_dtype=dtype,
+                lr_ratio=(tc.muon_lr / tc.lr) if tc.muon_lr else 1.0, betas=(tc.beta1, tc.beta2), eps=tc.eps)
 
 def build_optimizer(groups: list[dict],  # parameter groups, each with its own `weight_decay` (chapter 05's `param_groups`)
                     tc,                  # `cfg.training`: optimizer, lr, beta1, beta2, eps, momentum

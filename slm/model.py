@@ -81,9 +81,10 @@ def explicit_attention(q: torch.Tensor,                # queries, shape `(B, H, 
 
 # %% ../nbs/03_model.ipynb #901f351a
 def _global_module_hooks() -> bool:
-    "True if hooks were registered for every module with `torch.nn.modules.module.register_module_forward_hook` (or the pre-hook variant)."
+    "True if hooks were registered for every module with `torch.nn.modules.module.register_module_forward_hook` (or the pre-hook or backward variants)."
     from torch.nn.modules import module as m
-    return bool(getattr(m, "_global_forward_hooks", None) or getattr(m, "_global_forward_pre_hooks", None))
+    return bool(getattr(m, "_global_forward_hooks", None) or getattr(m, "_global_forward_pre_hooks", None)
+                or getattr(m, "_global_backward_hooks", None) or getattr(m, "_global_backward_pre_hooks", None))
 
 class HookPoint(nn.Module):
     "An identity module that marks a named place in the model; chapter 04 attaches hooks to it. No parameters, no effect without hooks."
@@ -95,7 +96,8 @@ class HookPoint(nn.Module):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         "Without hooks, return `x` at once; with hooks, go through `nn.Module`'s call machinery, which runs them."
-        if self._forward_hooks or self._forward_pre_hooks or _global_module_hooks(): return super().__call__(x)
+        if self._forward_hooks or self._forward_pre_hooks or self._backward_hooks or self._backward_pre_hooks or _global_module_hooks():
+            return super().__call__(x)
         return x
 
     @property
@@ -126,6 +128,10 @@ class CausalSelfAttention(nn.Module):
         self.hook_attn_scores = HookPoint(f"{p}.hook_attn_scores")   # (B, H, T_q, T_k), -inf where masked
         self.hook_pattern = HookPoint(f"{p}.hook_pattern")           # (B, H, T_q, T_k), rows sum to 1
         self.hook_z = HookPoint(f"{p}.hook_z")                       # (B, H, T, d_head)
+        self.qk_memory = None             # chapter 09's persistent Q-K memory, only with `qk_memory: true` in the config
+        if getattr(cfg, "qk_memory", False):
+            from slm.memory import QKMemory   # imported here: slm.memory comes later in the book
+            self.qk_memory = QKMemory(self.d_head, cfg.n_heads, getattr(cfg, "qk_memory_slots", 0))
 
     def split_heads(self, t: torch.Tensor) -> torch.Tensor:
         "`(B, T, d_model)` → `(B, n_heads, T, d_head)`."
@@ -142,6 +148,7 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             n_past = kv_cache.length
             k, v = kv_cache.update(self.layer_idx, k, v)     # now (B, H, n_past + T, d_head)
+        if self.qk_memory is not None: q = q + self.qk_memory.project_causal(q, k)   # chapter 09: q + M_t q / norm_sum_t
         if self.attention == "explicit" or self.record_attention or self.hook_attn_scores.has_hooks or self.hook_pattern.has_hooks:
             y, att = explicit_attention(q, k, v, causal_mask(T, n_past + T, x.device), self.attn_dropout,
                                         self.hook_attn_scores, self.hook_pattern)

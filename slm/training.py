@@ -31,6 +31,7 @@ import slm
 from .config import ConfigError, TrainingConfig, config_from_dict, config_hash, config_to_dict, load_config, save_config
 from .data import RandomWindows, SequenceDataset, load_corpus, make_loader
 from .hooks import HookSet, build_optimizer
+from .memory import SpikeDetector, probe_model
 from .model import GPT
 from .tokenizer import TOKENIZERS, CharTokenizer, Tokenizer
 
@@ -388,6 +389,9 @@ class _Run:
         self.step, self.best, self.tokens, self.elapsed0, self.last_loss, self.last_val = 0, None, 0, 0.0, None, None
         self.meter = [0.0, 0, 0.0]        # since the last metrics line: summed loss, steps, training seconds
         self.last_ckpt, self.t0, self.train_time, self.steps_done, self.bar = None, time.perf_counter(), 0.0, 0, None
+        tc = cfg.training      # chapter 09: perplexity telemetry, spike rollback, the memory probe
+        self.spikes, self.rollbacks = SpikeDetector(tc.spike_threshold, tc.spike_ema_decay), 0
+        self.probe_time, self.n_probes, self.pending, self.last_rec = 0.0, 0, {}, {}   # probe seconds and count (this call); fields for the next line
         if ckpt: self._restore(ckpt, ckpt_path)
         else: self._create_folder()
         for stale in (self.dir / "checkpoints").glob("*.tmp*"): stale.unlink(missing_ok=True)  # left by a crash mid-write
@@ -445,6 +449,7 @@ class _Run:
         self.step, self.best, self.tokens, self.elapsed0 = ckpt["step"], p["best_val_loss"], p["tokens"], p["elapsed_s"]
         self.meter, self.last_loss, self.last_val, self.last_ckpt = list(p["meter"]), ckpt.get("loss"), p.get("last_val_loss"), path
         self.hooks.load_state_dict(p.get("hooks"))                   # update-hook step counts, auxiliary-loss means
+        self.spikes.load_state_dict(p.get("telemetry")); self.rollbacks = p.get("rollbacks", 0)   # chapter 09
         set_rng_state(ckpt["rng"])                                   # last: building the model above drew random numbers
         for f in ("metrics.jsonl", "samples.jsonl"): _truncate_jsonl(self.dir / f, self.step)
         mpath = self.dir / "manifest.json"
@@ -476,14 +481,51 @@ class _Run:
             self.bar = tqdm(total=end, initial=self.step, desc=self.run_id, unit="step", dynamic_ncols=True)
             self.say = self.bar.write
 
-    def count(self, step: int, loss: float, seconds: float):
-        "Update the counters after optimizer step `step`. Raises `FloatingPointError` if the loss is NaN or infinite."
+    def count(self, step: int, loss: float, seconds: float) -> bool:
+        "Update the counters after optimizer step `step`; False (counters untouched) if the loss is NaN or infinite and a rollback is allowed (the caller rolls back). Raises `FloatingPointError` for a NaN/inf loss otherwise."
         if not math.isfinite(loss):
+            if self.can_rollback(): return False
             raise FloatingPointError(f"training loss is {loss} at step {step}; last checkpoint: {self.last_ckpt}")
         self.step, self.last_loss, self.steps_done = step, loss, self.steps_done + 1
         self.tokens, self.train_time = self.tokens + self.tokens_per_step, self.train_time + seconds
         self.meter = [self.meter[0] + loss, self.meter[1] + 1, self.meter[2] + seconds]
         if self.bar is not None: self.bar.update(1)
+        return True
+
+    def probe(self, step: int):
+        "Run chapter 09's needle-in-a-haystack probe (timed); its fields join the next metrics line."
+        t = time.perf_counter()
+        self.pending = probe_model(self.model, self.cfg.eval.probe_keys, seed=step)
+        self.probe_time, self.n_probes = self.probe_time + time.perf_counter() - t, self.n_probes + 1
+
+    def can_rollback(self) -> bool:
+        tc = self.cfg.training
+        return tc.rollback and self.rollbacks < tc.max_rollbacks and bool(list_checkpoints(self.dir))
+
+    def rollback(self, step: int, reason: str) -> int:
+        """Restore model, optimizer, hook and telemetry state from the second-most-recent checkpoint (the most recent
+        if there is one only; seed 004, D2-4), delete the newer ones, record it in metrics.jsonl; the step to continue
+        after. The batch sampler and random state are not restored, so the steps are redone on new batches."""
+        paths = list_checkpoints(self.dir)
+        path = paths[-2] if len(paths) >= 2 else paths[-1]
+        ckpt = load_checkpoint(path)
+        self.model.load_state_dict(ckpt["model"]); self.opt.load_state_dict(ckpt["optimizer"])
+        p = ckpt["progress"]
+        self.hooks.load_state_dict(p.get("hooks")); self.spikes.load_state_dict(p.get("telemetry"))
+        for newer in paths[paths.index(path) + 1:]: newer.unlink(missing_ok=True)
+        self.rollbacks += 1
+        self.step, self.tokens, self.last_loss, self.meter, self.last_ckpt = ckpt["step"], p["tokens"], ckpt.get("loss"), [0.0, 0, 0.0], path
+        _append_jsonl(self.dir / "metrics.jsonl", {"step": self.step, "rollback": {"from_step": step, "to_step": self.step,
+                      "checkpoint": path.name, "reason": reason, "n": self.rollbacks}, "elapsed_s": round(self.elapsed(), 3)})
+        self.say(f"step {step}: {reason}; rolled back to {path.name} (rollback {self.rollbacks} of at most {self.cfg.training.max_rollbacks})")
+        return self.step
+
+    def probe_report(self) -> dict:
+        "The probe's cost this call: probes, seconds, fraction of training time, and that fraction projected to `eval.probe_interval` and to the default 1000 steps (from the mean probe and step times)."
+        if not self.n_probes or not self.train_time or not self.steps_done: return {}
+        per_probe, per_step, k = self.probe_time / self.n_probes, self.train_time / self.steps_done, self.cfg.eval.probe_interval
+        return {"probes": self.n_probes, "probe_s": round(self.probe_time, 4), "overhead": self.probe_time / self.train_time,
+                "interval": k, "overhead_at_interval": per_probe / (k * per_step), "overhead_at_1000": per_probe / (1000 * per_step)}
 
     def log(self, step: int, lr: float, grad_norm: float | None, val_loss: float | None):
         "Append one metrics line: the mean training loss since the previous line, and the rest (with each auxiliary loss's mean, `aux.<name>`)."
@@ -491,6 +533,8 @@ class _Run:
         rec = {"step": step, "train_loss": loss_sum / n if n else None, "val_loss": val_loss, "lr": lr, "grad_norm": grad_norm,
                "tokens_per_s": n * self.tokens_per_step / secs if secs > 0 else None, "elapsed_s": round(self.elapsed(), 3), "tokens": self.tokens,
                **self.hooks.metrics()}
+        if n and self.cfg.training.spike_threshold > 0: rec.update(self.spikes.update(rec["train_loss"]))   # ppl, ppl_ema, ppl_delta, spike
+        rec.update(self.pending); self.pending = {}                                # probe fields, if the probe ran at this step
         _append_jsonl(self.dir / "metrics.jsonl", rec)
         self.meter, self.last_rec = [0.0, 0, 0.0], rec
         if self.bar is not None and n: self.bar.set_postfix(loss=f"{rec['train_loss']:.3f}", tok_s=f"{rec['tokens_per_s'] or 0:,.0f}", refresh=False)
@@ -502,7 +546,8 @@ class _Run:
                 "timestamp": _now(), "run_id": self.run_id, "config": config_to_dict(self.cfg), "tokenizer": self.tok.to_dict(),
                 "rng": rng_state(self.device), "sampler": self.windows.state_dict(),
                 "progress": {"best_val_loss": self.best, "tokens": self.tokens, "elapsed_s": self.elapsed(),
-                             "meter": list(self.meter), "last_val_loss": self.last_val, "hooks": self.hooks.state_dict()}}
+                             "meter": list(self.meter), "last_val_loss": self.last_val, "hooks": self.hooks.state_dict(),
+                             "telemetry": self.spikes.state_dict(), "rollbacks": self.rollbacks}}
 
     def checkpoint(self, step: int, val_loss: float | None) -> Path:
         "Save `step-NNNNNNN.pt` atomically, then delete all but the newest `keep_last`."
@@ -524,12 +569,18 @@ class _Run:
     def finish(self, status: str) -> RunResult:
         "Record `status` in the manifest, close the bar, restore the thread count; the `RunResult`."
         if self.bar is not None: self.bar.close()
-        self.manifest.update(status=status, end_time=_now(), final_step=self.step, best_val_loss=self.best)
+        self.manifest.update(status=status, end_time=_now(), final_step=self.step, best_val_loss=self.best, rollbacks=self.rollbacks)
+        if pr := self.probe_report():
+            self.manifest["probe"] = pr
+            self.say(f"NIAH probe: {pr['probes']} probes, {pr['probe_s']:.3f} s = {100 * pr['overhead']:.3f}% of training time; "
+                     f"every {pr['interval']} steps that is {100 * pr['overhead_at_interval']:.4f}%"
+                     + (f" (every 1000 steps, the default: {100 * pr['overhead_at_1000']:.4f}%)" if pr["interval"] != 1000 else ""))
         self._write_manifest()
         self.hooks.remove()
         torch.set_num_threads(self.threads)
         return RunResult(self.dir, self.run_id, self.step, self.last_loss, self.last_val, self.best,
-                         self.tokens_per_step * self.steps_done / self.train_time if self.train_time else None, self.elapsed(), self.last_ckpt)
+                         self.tokens_per_step * self.steps_done / self.train_time if self.train_time else None, self.elapsed(), self.last_ckpt,
+                         self.rollbacks, pr.get("overhead_at_interval"))
 
 def _make_tokenizer(kind: str) -> Tokenizer:
     if kind == "char": return CharTokenizer()
@@ -548,6 +599,8 @@ class RunResult:
     tokens_per_s: float | None      # training throughput of this call (evaluation time excluded)
     elapsed_s: float                # wall time of the whole run, all segments
     checkpoint: Path | None         # the newest checkpoint written
+    rollbacks: int = 0              # spike or NaN rollbacks in the whole run (chapter 09)
+    probe_overhead: float | None = None # measured NIAH probe time / training time, projected to eval.probe_interval (chapter 09)
 
 # %% ../nbs/05_training.ipynb #f06f1c46
 def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; ignored when resuming, see below)
@@ -560,7 +613,9 @@ def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; i
     from its newest valid checkpoint with its own `config.yaml`; the result equals an uninterrupted run (bitwise on CPU
     in float32). `max_steps` below `cfg.training.max_steps` is a pause: a checkpoint is written and the learning-rate
     schedule still spans `cfg.training.max_steps`. Raises `TrainingInterrupted` on Ctrl-C (after saving a checkpoint),
-    `ConfigError`, `CorpusError` or `CheckpointError` for bad input, `FloatingPointError` if the loss becomes NaN/inf."""
+    `ConfigError`, `CorpusError` or `CheckpointError` for bad input, `FloatingPointError` if the loss becomes NaN/inf
+    and no rollback is possible. Chapter 09 adds perplexity telemetry (`ppl`, `ppl_ema`, `ppl_delta`, `spike` on each
+    metrics line), rollback on a spike or a NaN/inf loss, and the memory probe every `eval.probe_interval` steps."""
     run = _Run(cfg, resume, say=(lambda s: None) if quiet else print)     # folder, data, model, optimizer: new or restored
     tc, ec, cc = run.cfg.training, run.cfg.eval, run.cfg.checkpoint
     end, start = tc.max_steps if max_steps is None else max_steps, run.step
@@ -568,14 +623,21 @@ def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; i
     try:
         with _StopOnSigint(run.say) as stop:                 # Ctrl-C only sets stop.requested
             if run.step == 0:                                # the untrained model: val loss ≈ ln(vocab_size)
+                if ec.probe_interval: run.probe(0)           # chapter 09's memory probe, also at step 0
                 v = run.evaluate(0); run.log(0, lr_at(0, tc), None, v); run.after_eval(0, v)
-            for step in range(run.step + 1, end + 1):
+            step = run.step
+            while step < end:
+                step += 1
                 lr, t = lr_at(step, tc), time.perf_counter()
                 loss, grad_norm = train_step(run.fmodel, run.opt, run.windows, tc.grad_accum_steps, lr, tc.grad_clip, run.amp, run.hooks)
-                run.count(step, loss, time.perf_counter() - t)                    # raises FloatingPointError on NaN/inf
+                if not run.count(step, loss, time.perf_counter() - t):            # NaN/inf: raises FloatingPointError unless it can roll back
+                    step = run.rollback(step, f"training loss is {loss}"); continue
                 last = step == end and end >= tc.max_steps
                 val = run.evaluate(step) if step % ec.eval_interval == 0 or last else None   # + a sample
-                if step % ec.log_interval == 0 or val is not None: run.log(step, lr, grad_norm, val)
+                if ec.probe_interval and step % ec.probe_interval == 0: run.probe(step)
+                if step % ec.log_interval == 0 or val is not None or run.pending: run.log(step, lr, grad_norm, val)
+                if run.last_rec.get("step") == step and run.last_rec.get("spike") and run.can_rollback():
+                    step = run.rollback(step, f"perplexity spike ({100 * run.last_rec['ppl_delta']:+.1f}% against its EMA)"); continue
                 if step % cc.interval == 0 or step == end or stop.requested: run.checkpoint(step, val)
                 if val is not None: run.after_eval(step, val)                     # best.pt, loss_curve.png, a line
                 if stop.requested: raise KeyboardInterrupt
