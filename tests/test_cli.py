@@ -303,3 +303,11 @@ def test_compare_two_runs(tiny_run, tmp_path):
     r = run("compare", run_dir, other / "lr3e-3", "--plot", png)
     assert r.returncode == 0, r.stderr
     assert "training.lr" in r.stdout and "lr3e-3" in r.stdout and png.stat().st_size > 0
+
+
+def test_no_progress_bar_when_stderr_is_a_log(tmp_path):
+    "Without a terminal (CI logs, `2> file`) `slm train` draws no tqdm bar, but still prints its evaluation lines."
+    r = run("train", ROOT / "configs" / "tiny.yaml", *TINY, "--set", f"checkpoint.runs_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    assert "step/s" not in r.stderr + r.stdout and "it/s" not in r.stderr
+    assert "validation loss:" in r.stdout
