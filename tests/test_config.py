@@ -9,7 +9,7 @@ import yaml
 
 from slm.config import (
     SECTIONS, ConfigError, TrainingConfig, apply_overrides, config_diff, config_from_dict, config_hash,
-    config_to_dict, config_to_yaml, hook_list, hook_point_names, load_config, save_config,
+    config_to_dict, config_to_yaml, hook_list, load_config, save_config,
 )
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -171,7 +171,7 @@ def test_apply_overrides_does_not_modify_input():
 
 # ---- defaults, YAML details, paths ----
 
-def test_defaults_are_the_seed_decisions():
+def test_defaults_are_the_decisions():
     cfg = load_config()
     assert cfg == TrainingConfig()
     m, t = cfg.model, cfg.training
@@ -252,8 +252,8 @@ def test_config_to_dict_is_plain():
     assert all(type(v) in (int, float, str, bool, type(None)) for s, vs in d.items() if s != "hooks" for v in vs.values())
     assert d["model"]["d_model"] == 256
     assert d["hooks"] == {"forward": [], "backward": [], "update": [], "aux": []}
-    hooked = config_from_dict({"hooks": {"aux": [{"name": "act_l1", "point": "hook_embed"}]}})
-    assert config_to_dict(hooked)["hooks"]["aux"] == [{"name": "act_l1", "point": "hook_embed", "params": {"weight": 0.001}}]
+    hooked = config_from_dict({"hooks": {"aux": [{"name": "act_l1", "point": "hook_embed", "params": {"weight": 0.5}}]}})
+    assert config_to_dict(hooked)["hooks"]["aux"] == [{"name": "act_l1", "point": "hook_embed", "params": {"weight": 0.5}}]
 
 
 # ---- hash ----
@@ -334,81 +334,33 @@ def test_shipped_configs_have_their_purpose():
     assert all(load_config(p).data.source == "shakespeare" for p in CONFIG_FILES)
 
 
-# ---- the hooks section ----
+# ---- checks that later chapters register, and keys that moved ----
 
-def test_hooks_section_resolves_defaults_and_round_trips(tmp_path):
-    p = write(tmp_path, "h.yaml", "hooks:\n  update:\n    - {name: clip_value, params: {limit: 0.01}}\n"
-                                  "  aux:\n    - name: act_l1\n      point: blocks.*.mlp.hook_post\n")
-    cfg = load_config(p)
-    assert hook_list(cfg) == [{"kind": "update", "name": "clip_value", "point": "*", "params": {"limit": 0.01}},
-                              {"kind": "aux", "name": "act_l1", "point": "blocks.*.mlp.hook_post", "params": {"weight": 0.001}}]
-    for minimal in (False, True):
-        back = load_config(save_config(cfg, tmp_path / f"back-{minimal}.yaml", minimal=minimal))
-        assert back == cfg and config_hash(back) == config_hash(cfg)
-    assert [k for k, *_ in config_diff(TrainingConfig(), cfg)] == ["hooks.update", "hooks.aux"]
-    # spelling out a default parameter (or the default point) changes nothing
-    spelled = config_from_dict({"hooks": {"update": [{"name": "clip_value", "point": "*", "params": {"limit": 0.01}}],
-                                          "aux": [{"name": "act_l1", "point": "blocks.*.mlp.hook_post", "params": {"weight": 1e-3}}]}})
-    assert config_hash(spelled) == config_hash(cfg)
-    assert config_hash(apply_overrides(cfg, ["hooks.update=[{name: clip_value, params: {limit: 0.02}}]"])) != config_hash(cfg)
+def test_registered_check_names_file_key_and_override(tmp_path):
+    from slm.config import CHECKS, register_check
+    @register_check("test: tiny lr")
+    def tiny_lr(cfg):
+        if cfg.training.lr < 1e-6: raise ConfigError(f"{cfg.training.lr} is too small", "training.lr")
+    try:
+        p = write(tmp_path, "c.yaml", "training:\n  lr: 1.0e-7\n")
+        assert error_of(load_config, p) == f"{p}: training.lr: 1e-07 is too small"
+        assert error_of(load_config, None, ["training.lr=1e-7"]) == "--set training.lr: 1e-07 is too small"
+    finally: del CHECKS["test: tiny lr"]
+    assert load_config(p).training.lr == 1e-7
 
 
-@pytest.mark.parametrize("hooks, key, problem", [
-    ({"update": [{"name": "grad_nosie"}]}, "hooks.update[0].name",
-     "unknown update hook 'grad_nosie' (did you mean 'grad_noise'? update hooks: identity, clip_value, grad_noise, project_tangent, sign)"),
-    ({"forward": [{"name": "zzz", "point": "hook_embed"}]}, "hooks.forward[0].name", "forward hooks: identity, ablate, scale, noise)"),
-    ({"update": [{"name": "act_l1"}]}, "hooks.update[0].name", "(it belongs under hooks.aux;"),
-    ({"update": [{"name": "grad_noise", "params": {"sigma": 1}}]}, "hooks.update[0].params.sigma",
-     "unknown parameter of update hook 'grad_noise' (valid: eta, gamma)"),
-    ({"update": [{"name": "sign", "params": {"x": 1}}]}, "hooks.update[0].params.x", "(it takes no parameters)"),
-    ({"update": [{"name": "clip_value", "params": {"limit": 0}}]}, "hooks.update[0].params.limit", "must be > 0, got 0"),
-    ({"update": [{"name": "clip_value", "params": {"limit": "big"}}]}, "hooks.update[0].params.limit", "expected a number, got 'big'"),
-    ({"forward": [{"name": "ablate", "point": "hook_embed", "params": {"mode": "one"}}]}, "hooks.forward[0].params.mode",
-     "must be one of 'zero' or 'mean', got 'one'"),
-    ({"forward": [{"name": "ablate", "point": "hook_embed", "params": {"heads": [0.5]}}]}, "hooks.forward[0].params.heads[0]",
-     "expected an integer, got 0.5"),
-    ({"forward": [{"name": "scale"}]}, "hooks.forward[0].point", "forward hook 'scale' needs a hook point"),
-    ({"aux": [{"name": "act_l1", "point": "blocks.7.mlp.hook_post"}]}, "hooks.aux[0].point",
-     "no hook point matches 'blocks.7.mlp.hook_post' (did you mean"),
-    ({"backward": [{"name": "grad_scale", "point": "hook_pos_embedd"}]}, "hooks.backward[0].point", "(did you mean 'hook_pos_embed'?"),
-    ({"forward": [{"name": "scale", "pont": "hook_embed"}]}, "hooks.forward[0].pont", "unknown key (did you mean 'point'?)"),
-    ({"forward": [{"point": "hook_embed"}]}, "hooks.forward[0].name", "required"),
-    ({"aux": [{"name": "act_l1", "point": "hook_embed"}, {"name": "act_l1", "point": "hook_embed"}]}, "hooks.aux[1]",
-     "a second 'act_l1' term at 'hook_embed'"),
-    ({"aux": {"name": "act_l1"}}, "hooks.aux", "expected a list"),
-    ({"aux": ["act_l1"]}, "hooks.aux[0]", "expected a mapping of keys"),
-    ({"hooks": []}, "hooks.hooks", "unknown key"),
-])
-def test_bad_hooks_one_line_naming_the_entry(tmp_path, hooks, key, problem):
-    p = write(tmp_path, "bad.yaml", yaml.safe_dump({"hooks": hooks}))
+def test_moved_keys_get_one_line_and_old_defaults_are_dropped(tmp_path):
+    p = write(tmp_path, "old.yaml", "model:\n  qk_memory: true\n")
     msg = error_of(load_config, p)
-    assert msg.startswith(f"{p}: {key}: "), msg
-    assert problem in msg, msg
+    assert msg.startswith(f"{p}: model.qk_memory: this key has moved: ") and "hooks.forward" in msg and "qk_memory" in msg, msg
+    assert "--set model.qk_memory: this key has moved" in error_of(load_config, None, ["model.qk_memory=true"])
+    # a checkpoint written before the move holds the old defaults: it still loads
+    assert config_from_dict({"model": {"qk_memory": False, "qk_memory_slots": 16}}) == TrainingConfig()
 
 
-def test_hook_points_depend_on_the_model():
-    assert config_from_dict({"model": {"n_layers": 6}, "hooks": {"aux": [{"name": "act_l1", "point": "blocks.5.mlp.hook_post"}]}})
-    with pytest.raises(ConfigError, match=r"hooks.forward\[0\].point: no hook point matches 'hook_pos_embed'.*no hook_pos_embed with rope"):
-        config_from_dict({"model": {"pos_encoding": "rope"}, "hooks": {"forward": [{"name": "scale", "point": "hook_pos_embed"}]}})
-    names = hook_point_names(config_from_dict({"model": {"n_layers": 2}}).model)
-    assert len(names) == 3 + 15 * 2 and names[0] == "hook_embed" and names[-1] == "ln_final.hook_normalized"
-    # an override that breaks a hook's point is blamed
-    msg = error_of(load_config, None, ["hooks.aux=[{name: act_l1, point: blocks.3.mlp.hook_post}]", "model.n_layers=2"])
-    assert msg.startswith("--set hooks.aux: hooks.aux[0].point: no hook point matches"), msg
-
-
-def test_hook_registry_is_extensible_without_torch():
-    "slm.config validates hooks without importing torch, and a hook declared at run time is accepted like a built-in one."
-    code = "\n".join([
-        "import sys, slm.config as c",
-        "assert 'torch' not in sys.modules",
-        "class P(c.HookParams):",
-        "    'mine: a test hook'",
-        "    k: int = 1",
-        "c.register_hook_params('forward', 'mine', P)",
-        "print(c.hook_list(c.config_from_dict({'hooks': {'forward': [{'name': 'mine', 'point': 'hook_embed'}]}})))",
-        "assert 'torch' not in sys.modules",
-    ])
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "'name': 'mine'" in out.stdout and "'params': {'k': 1}" in out.stdout
+def test_config_module_does_not_import_torch():
+    "Chapter 02 comes before the model: loading and validating a config needs neither torch nor any later chapter."
+    code = ("import sys, slm.config as c; c.load_config(None, ['training.lr=1e-3']); "
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('slm.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "['slm.config', 'slm.tokenizer']", out

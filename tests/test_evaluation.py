@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from slm.config import ModelConfig, config_from_dict
-from slm.evaluation import (EvaluationError, baseline_losses, bigram_probs, bits_per_char, char_entropy, compare_command,
-                            compare_runs, config_differences, evaluate_command, evaluate_run, format_comparison,
+from slm.evaluation import (EvaluationError, baseline_losses, bigram_probs, bits_per_char, char_entropy,
+                            compare_runs, config_differences, evaluate_run, format_comparison,
                             format_report, known_word_rate, loss_by_position, perplexity, repetition_rate, run_summary,
                             sample_heuristics, score_tokens, unigram_probs, window_plan, words)
 from slm.model import GPT
@@ -214,7 +214,7 @@ def test_errors_name_the_file(runs):
     (root / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
     (root / "not-a-run").mkdir()
     cases = [((root / "missing-run",), "no such run folder"),
-             ((root / "not-a-run",), "not a run folder"),
+             ((root / "not-a-run",), "no checkpoints in this run folder"),
              ((a, root / "missing.txt"), "no such file"),
              ((a, root / "one.txt"), "at least 2"),
              ((a, root / "empty.txt"), "empty"),
@@ -228,13 +228,14 @@ def test_errors_name_the_file(runs):
 
 
 def test_evaluate_command(runs, capsys):
+    from slm.__main__ import main
     root, a, _ = runs
-    assert evaluate_command(a, device="cpu") == 0
+    assert main(["evaluate", str(a), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "nats/char" in out and "uniform over 99 ids" in out
-    assert evaluate_command(a, device="cpu", as_json=True) == 0
+    assert main(["evaluate", str(a), "--device", "cpu", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["results"][3]["nats_per_char"] == pytest.approx(math.log(99))
-    assert evaluate_command(root / "nowhere") == 2
+    assert main(["evaluate", str(root / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("slm: error: ") and err.count("\n") == 1 and "nowhere" in err
 
@@ -253,10 +254,11 @@ def test_compare_runs(runs, capsys):
     s = run_summary(a)
     assert s.status == "finished" and s.final_val_loss == rows[0]["final_val"]
     assert config_differences([s.cfg, s.cfg]) == []
+    from slm.__main__ import main
     png = root / "curves.png"
-    assert compare_command([a, b], plot=str(png)) == 0 and png.stat().st_size > 0
+    assert main(["compare", str(a), str(b), "--plot", str(png)]) == 0 and png.stat().st_size > 0
     capsys.readouterr()
-    assert compare_command([a, root / "nope"]) == 2
+    assert main(["compare", str(a), str(root / "nope")]) == 2
     assert "nope: no such run folder" in capsys.readouterr().err
 
 

@@ -7,23 +7,36 @@ Models are tiny; training runs use a small generated corpus on one CPU thread.""
 import json
 import random
 import re
-import typing
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 import torch.nn as nn
 
 import slm
-from slm.config import (HOOK_KINDS, HOOK_PARAMS, ConfigError, HookParams, ModelConfig, TrainConfig, config_diff,
-                        config_from_dict, config_hash, hook_list, hook_point_names, load_config, save_config)
-from slm.hooks import (HOOK_IMPLS, OPTIMIZERS, AuxLosses, HookError, HookSet, ablate, act_l1, add_hook, add_update_hook,
-                       annealed_grad_noise, build_optimizer, capture_grads, clip_value, find_points, grad_scale, hooks,
-                       identity, param_l2, patch, project_tangent, register_hook, run_with_cache, scale, sign,
-                       straight_through)
+from slm.config import (HOOK_KINDS, ConfigError, HooksConfig, ModelConfig, TrainingConfig, apply_overrides, config_diff, config_from_dict, config_hash,
+                        hook_list, load_config, save_config)
+from slm.hooks import (HOOKS, AuxLosses, HookError, HookSet, Positive, ablate, act_l1, add_hook, add_update_hook,
+                       annealed_grad_noise, capture_grads, clip_value, find_points, grad_scale, hooks, identity, learned_scale,
+                       param_l2, patch, project_tangent, register_hook, run_with_cache, scale, sign, straight_through)
 from slm.model import GPT, HookPoint
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def error_of(fn, *args):
+    "The ConfigError raised by fn(*args), checked to be one line."
+    with pytest.raises(ConfigError) as info:
+        fn(*args)
+    assert "\n" not in str(info.value), str(info.value)
+    return str(info.value)
 
 
 def tiny(**kw):
@@ -50,10 +63,10 @@ def attached(m):
 
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
 @pytest.mark.parametrize("n_layers", [1, 3])
-def test_hook_names_agree_with_the_config(pos, n_layers):
+def test_hook_names_come_from_the_model_also_on_the_meta_device(pos, n_layers):
     cfg = tiny(pos_encoding=pos, n_layers=n_layers)
     names = GPT(cfg).hook_names()
-    assert names == hook_point_names(cfg)
+    with torch.device("meta"): assert GPT(cfg).hook_names() == names
     assert len(names) == len(set(names)) == (3 if pos != "rope" else 2) + 15 * n_layers
     assert ("hook_pos_embed" in names) == (pos != "rope")
 
@@ -325,15 +338,6 @@ def test_annealed_noise_follows_its_schedule():
         assert fn(g, g, t).std().item() == pytest.approx((0.01 / (1 + t) ** 0.55) ** 0.5, rel=0.02)
 
 
-def test_optimizers_match_the_config():
-    assert sorted(OPTIMIZERS) == sorted(typing.get_args(TrainConfig.model_fields["optimizer"].annotation))
-    p = [nn.Parameter(torch.zeros(3))]
-    for name, cls in (("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)):
-        opt = build_optimizer([{"params": p, "weight_decay": 0.1}], config_from_dict({"training": {"optimizer": name}}).training)
-        assert type(opt) is cls and opt.param_groups[0]["weight_decay"] == 0.1
-    assert build_optimizer([{"params": p}], config_from_dict({"training": {"optimizer": "sgd", "momentum": 0.5}}).training).param_groups[0]["momentum"] == 0.5
-
-
 # ---- auxiliary losses ----
 
 def test_aux_losses_values_training_mode_only_and_metrics(model, batch):
@@ -357,11 +361,16 @@ def test_aux_losses_values_training_mode_only_and_metrics(model, batch):
 
 # ---- the registry, HookSet and the config ----
 
-def test_registry_halves_agree():
+def test_one_registry_whose_schemas_come_from_the_factories():
     for kind in HOOK_KINDS:
-        assert sorted(HOOK_IMPLS[kind]) == sorted(HOOK_PARAMS[kind]), kind
-        for name, (factory, direction) in HOOK_IMPLS[kind].items():
-            factory(**HOOK_PARAMS[kind][name]().model_dump())                 # every default parameter set builds
+        assert HOOKS[kind], kind
+        for name, spec in HOOKS[kind].items():
+            assert spec.kind == kind and spec.name == name and spec.doc
+            spec.factory(**spec.schema().model_dump())                            # every default parameter set builds
+    assert list(HOOKS["update"]["clip_value"].schema.model_fields) == ["limit"]
+    assert HOOKS["update"]["clip_value"].schema.model_fields["limit"].default == 0.01
+    assert HOOKS["aux"]["param_l2"].targets == "parameters" and HOOKS["aux"]["act_l1"].targets == "activations"
+    assert HOOKS["backward"]["straight_through"].direction == "fwd"
 
 
 def test_hookset_from_yaml_and_its_errors(tmp_path, batch):
@@ -372,7 +381,7 @@ def test_hookset_from_yaml_and_its_errors(tmp_path, batch):
     cfg = load_config(p)
     torch.manual_seed(0)
     m = GPT(cfg.model)
-    opt = build_optimizer([{"params": list(m.parameters()), "weight_decay": 0.0}], cfg.training)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.0)
     with HookSet(cfg, m, opt) as hs:
         assert len(hs) == 2 and hs.hook_list == hook_list(cfg)
         _, loss = m(*batch)
@@ -391,13 +400,42 @@ def test_hookset_from_yaml_and_its_errors(tmp_path, batch):
     ({"aux": [{"name": "param_l2", "point": "nothing.*"}]}, "hooks.aux[0].point: no parameter matches 'nothing.*'"),
 ])
 def test_hookset_errors_are_one_line_and_leave_nothing_attached(section, expected):
-    cfg = config_from_dict({"model": tiny().model_dump(), "hooks": section})
-    m = GPT(cfg.model)
+    with pytest.raises(ConfigError) as info:                     # the config check finds it first, when the config loads ...
+        config_from_dict({"model": tiny().model_dump(), "hooks": section}, "x.yaml")
+    assert str(info.value).startswith("x.yaml: " + expected) and "\n" not in str(info.value)
+    m = GPT(tiny())
     opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    with pytest.raises(ConfigError) as info:
-        HookSet(cfg, m, opt)
+    with pytest.raises(ConfigError) as info:                     # ... and HookSet checks a section it is handed directly
+        HookSet(HooksConfig.model_validate(section), m, opt)
     assert str(info.value).startswith(expected) and "\n" not in str(info.value)
     assert attached(m) == [] and opt._optimizer_step_pre_hooks == {}
+
+
+def test_update_hooks_can_attach_after_the_optimizer_is_built(batch):
+    "Training builds the hooks first (they may add parameters), then the optimizer, then attaches the update hooks."
+    cfg = config_from_dict({"model": tiny().model_dump(), "hooks": {"forward": [{"name": "learned_scale", "point": "hook_embed"}],
+                                                                    "update": [{"name": "sign"}]}})
+    m = GPT(cfg.model)
+    hs = HookSet(cfg, m)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    assert any(n.endswith("hook_gain") for n, _ in m.named_parameters())
+    hs.attach_optimizer(opt)
+    _, loss = m(*batch); loss.backward(); opt.step()
+    assert all(set(q.grad.unique().tolist()) <= {-1.0, 0.0, 1.0} for q in m.parameters() if q.grad is not None)
+    with pytest.raises(ValueError, match="attached already"): hs.attach_optimizer(opt)
+    hs.remove()
+    assert not any(n.endswith("hook_gain") for n, _ in m.named_parameters()) and opt._optimizer_step_pre_hooks == {}
+
+
+def test_a_learned_scale_starts_as_the_identity_and_trains(batch):
+    m = GPT(tiny())
+    plain = m(*batch)[1]
+    with add_hook(m, "blocks.*.hook_resid_post", learned_scale()):
+        _, loss = m(*batch)
+        assert torch.equal(loss, plain)
+        loss.backward()
+        gains = [p for n, p in m.named_parameters() if n.endswith("hook_gain")]
+        assert len(gains) == 2 and all(g.grad is not None and g.grad.abs() > 0 for g in gains)
 
 
 def test_hookset_state_dict_round_trip(batch):
@@ -419,14 +457,13 @@ def test_hookset_state_dict_round_trip(batch):
 
 
 def test_a_user_hook_is_usable_from_a_config_without_editing_the_package(batch):
-    class Clamp(HookParams):
+    @register_hook("forward", "test_clamp")
+    def clamp(limit: Positive = 1.0):
         "clamp to [-limit, limit]"
-        limit: float = 1.0
-
-    @register_hook("forward", "test_clamp", Clamp)
-    def clamp(limit):
         return lambda a, h: a.clamp(-limit, limit)
     try:
+        with pytest.raises(ConfigError, match=r"hooks.forward\[0\].params.limit: must be > 0"):
+            config_from_dict({"hooks": {"forward": [{"name": "test_clamp", "point": "hook_embed", "params": {"limit": 0}}]}})
         cfg = config_from_dict({"model": tiny().model_dump(),
                                 "hooks": {"forward": [{"name": "test_clamp", "point": "blocks.*.hook_resid_post", "params": {"limit": 0.01}}]}})
         m = GPT(cfg.model)
@@ -434,7 +471,7 @@ def test_a_user_hook_is_usable_from_a_config_without_editing_the_package(batch):
             _, _, c = run_with_cache(m, batch[0], names="blocks.1.hook_resid_post")
         assert c["blocks.1.hook_resid_post"].abs().max() <= 0.01
     finally:
-        del HOOK_PARAMS["forward"]["test_clamp"], HOOK_IMPLS["forward"]["test_clamp"]
+        del HOOKS["forward"]["test_clamp"]
 
 
 def test_ab_configs_differ_only_in_one_hook():
@@ -442,6 +479,68 @@ def test_ab_configs_differ_only_in_one_hook():
     assert [k for k, *_ in config_diff(a, b)] == ["hooks.aux"]
     assert hook_list(a) == [] and [(h["kind"], h["name"]) for h in hook_list(b)] == [("aux", "act_l1")]
     assert config_hash(a) != config_hash(b)
+
+
+# ---- the hooks section of a config, checked against the registry and the model ----
+
+def test_hooks_section_resolves_defaults_and_round_trips(tmp_path):
+    p = write(tmp_path, "h.yaml", "hooks:\n  update:\n    - {name: clip_value, params: {limit: 0.01}}\n"
+                                  "  aux:\n    - name: act_l1\n      point: blocks.*.mlp.hook_post\n")
+    cfg = load_config(p)
+    assert hook_list(cfg) == [{"kind": "update", "name": "clip_value", "point": "*", "params": {"limit": 0.01}},
+                              {"kind": "aux", "name": "act_l1", "point": "blocks.*.mlp.hook_post", "params": {"weight": 0.001}}]
+    for minimal in (False, True):
+        back = load_config(save_config(cfg, tmp_path / f"back-{minimal}.yaml", minimal=minimal))
+        assert back == cfg and config_hash(back) == config_hash(cfg)
+    assert [k for k, *_ in config_diff(TrainingConfig(), cfg)] == ["hooks.update", "hooks.aux"]
+    # spelling out a default parameter (or the default point) changes nothing
+    spelled = config_from_dict({"hooks": {"update": [{"name": "clip_value", "point": "*", "params": {"limit": 0.01}}],
+                                          "aux": [{"name": "act_l1", "point": "blocks.*.mlp.hook_post", "params": {"weight": 1e-3}}]}})
+    assert config_hash(spelled) == config_hash(cfg)
+    assert config_hash(apply_overrides(cfg, ["hooks.update=[{name: clip_value, params: {limit: 0.02}}]"])) != config_hash(cfg)
+
+
+@pytest.mark.parametrize("hooks, key, problem", [
+    ({"update": [{"name": "grad_nosie"}]}, "hooks.update[0].name",
+     "unknown update hook 'grad_nosie' (did you mean 'grad_noise'? update hooks: identity, clip_value, grad_noise, project_tangent, sign"),
+    ({"forward": [{"name": "zzz", "point": "hook_embed"}]}, "hooks.forward[0].name", "forward hooks: identity, ablate, scale, noise, learned_scale"),
+    ({"update": [{"name": "act_l1"}]}, "hooks.update[0].name", "(it belongs under hooks.aux;"),
+    ({"update": [{"name": "grad_noise", "params": {"sigma": 1}}]}, "hooks.update[0].params.sigma",
+     "unknown parameter of update hook 'grad_noise' (valid: eta, gamma)"),
+    ({"update": [{"name": "sign", "params": {"x": 1}}]}, "hooks.update[0].params.x", "(it takes no parameters)"),
+    ({"update": [{"name": "clip_value", "params": {"limit": 0}}]}, "hooks.update[0].params.limit", "must be > 0, got 0"),
+    ({"update": [{"name": "clip_value", "params": {"limit": "big"}}]}, "hooks.update[0].params.limit", "expected a number, got 'big'"),
+    ({"forward": [{"name": "ablate", "point": "hook_embed", "params": {"mode": "one"}}]}, "hooks.forward[0].params.mode",
+     "must be one of 'zero' or 'mean', got 'one'"),
+    ({"forward": [{"name": "ablate", "point": "hook_embed", "params": {"heads": [0.5]}}]}, "hooks.forward[0].params.heads[0]",
+     "expected an integer, got 0.5"),
+    ({"forward": [{"name": "scale"}]}, "hooks.forward[0].point", "forward hook 'scale' needs a hook point"),
+    ({"aux": [{"name": "act_l1", "point": "blocks.7.mlp.hook_post"}]}, "hooks.aux[0].point",
+     "no hook point matches 'blocks.7.mlp.hook_post' (did you mean"),
+    ({"backward": [{"name": "grad_scale", "point": "hook_pos_embedd"}]}, "hooks.backward[0].point", "(did you mean 'hook_pos_embed'?"),
+    ({"forward": [{"name": "scale", "pont": "hook_embed"}]}, "hooks.forward[0].pont", "unknown key (did you mean 'point'?)"),
+    ({"forward": [{"point": "hook_embed"}]}, "hooks.forward[0].name", "required"),
+    ({"aux": [{"name": "act_l1", "point": "hook_embed"}, {"name": "act_l1", "point": "hook_embed"}]}, "hooks.aux[1]",
+     "a second 'act_l1' term at 'hook_embed'"),
+    ({"aux": {"name": "act_l1"}}, "hooks.aux", "expected a list"),
+    ({"aux": ["act_l1"]}, "hooks.aux[0]", "expected a mapping of keys"),
+    ({"hooks": []}, "hooks.hooks", "unknown key"),
+])
+def test_bad_hooks_one_line_naming_the_entry(tmp_path, hooks, key, problem):
+    p = write(tmp_path, "bad.yaml", yaml.safe_dump({"hooks": hooks}))
+    msg = error_of(load_config, p)
+    assert msg.startswith(f"{p}: {key}: "), msg
+    assert problem in msg, msg
+
+
+def test_hook_points_depend_on_the_model():
+    assert config_from_dict({"model": {"n_layers": 6}, "hooks": {"aux": [{"name": "act_l1", "point": "blocks.5.mlp.hook_post"}]}})
+    with pytest.raises(ConfigError, match=r"hooks.forward\[0\].point: no hook point matches 'hook_pos_embed'"):
+        config_from_dict({"model": {"pos_encoding": "rope"}, "hooks": {"forward": [{"name": "scale", "point": "hook_pos_embed"}]}})
+    # an override that breaks a hook's point is blamed
+    msg = error_of(load_config, None, ["hooks.aux=[{name: act_l1, point: blocks.3.mlp.hook_post}]", "model.n_layers=2"])
+    assert msg.startswith("--set hooks.aux: hooks.aux[0].point: no hook point matches"), msg
+
 
 
 # ---- training with hooks (chapter 05's train) ----
@@ -486,7 +585,7 @@ def identity_everywhere(points):
 @pytest.mark.parametrize("attention", ["sdpa", "explicit"])
 def test_identity_hooks_give_bitwise_identical_training(root, attention):
     from slm.training import train
-    names = hook_point_names(run_cfg(root, "x").model)
+    names = GPT(run_cfg(root, "x").model).hook_names()
     if attention == "sdpa":   # a pattern/score hook moves sdpa to the explicit path (same maths, other rounding)
         names = [n for n in names if not n.endswith(("hook_pattern", "hook_attn_scores"))]
     plain = train(run_cfg(root, f"plain-{attention}", attention=attention), progress=False, quiet=True)
@@ -527,7 +626,7 @@ def test_resume_with_hooks_is_exact(root):
 
 
 def test_slm_train_runs_a_hooked_config(root, tmp_path, capsys):
-    from slm.cli import main
+    from slm.__main__ import main
     cfg = run_cfg(root, "cli-hooked", {"aux": [{"name": "act_l2", "point": "hook_embed", "params": {"weight": 1.0}}]},
                   training__max_steps=10, eval__eval_interval=5)
     p = save_config(cfg, tmp_path / "cli.yaml")

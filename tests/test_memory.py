@@ -1,17 +1,20 @@
-"""Chapter 09: persistent Q-K memory, the NIAH probe, passkey prompts, spike telemetry and rollback, Muon."""
+"""Chapter 09: persistent Q-K memory, its hook inside attention, the NIAH probe (on random keys and on a model's own memory),
+the probe during training, passkey prompts, the passkey positive-control corpus."""
 import json
-import math
 
+import numpy as np
 import pytest
 import torch
 
 from slm.config import ConfigError, config_from_dict
-from slm.hooks import build_optimizer
-from slm.memory import (Muon, QKMemory, SpikeDetector, capacity_sweep, expected_cosine, inject_lr_spike, model_memories,
-                        muon_groups, muon_lr_factor, newton_schulz, niah_probe, passkey_prompt, passkey_test, probe_model)
+from slm.hooks import HookSet
+from slm.memory import (QKMemory, capacity_sweep, expected_cosine, memory_report, model_keys, model_memories, niah_probe,
+                        passkey_corpus, passkey_prompt, passkey_test, probe_model)
 from slm.model import GPT
 from slm.tokenizer import CharTokenizer
-from slm.training import list_checkpoints, make_optimizer, param_groups, read_jsonl, train
+from slm.training import load_run, read_jsonl, train
+
+MEMORY = {"forward": [{"name": "qk_memory", "point": "blocks.*.attn.hook_q", "params": {"slots": 3}}]}
 
 # ---- the memory --------------------------------------------------------------------------------------------------
 
@@ -22,7 +25,7 @@ def test_reset_gives_the_persistent_state():
     M_p, n_p = m.persistent_state()
     m.reset(4).write(torch.randn(4, 2, 5, 8))
     m.reset(4)
-    assert torch.equal(m.norm_sum, n_p.expand(4, 2))                 # norm_sum == norm_persistent after reset (D2-1)
+    assert torch.equal(m.norm_sum, n_p.expand(4, 2))                 # norm_sum == norm_persistent after reset (decision D18)
     assert torch.equal(m.M, M_p.expand(4, 2, 8, 8))
     assert torch.allclose(n_p, torch.diagonal(M_p, dim1=-2, dim2=-1).sum(-1), atol=1e-5)
     empty = QKMemory(8).reset(2)
@@ -65,13 +68,15 @@ def test_memory_errors():
     with pytest.raises(ValueError, match="d_k >= 1"): QKMemory(0)
 
 
-def test_memory_in_attention_is_off_by_default_and_consistent_with_a_kv_cache():
+def test_memory_hook_is_off_by_default_and_consistent_with_a_kv_cache():
     base = dict(vocab_size=99, context_length=16, n_layers=2, d_model=16, n_heads=2, d_ff=32, dropout=0.0)
     torch.manual_seed(0); a = GPT(config_from_dict({"model": base}).model)
     torch.manual_seed(0); b = GPT(config_from_dict({"model": base}).model)
     idx = torch.randint(0, 99, (2, 16))
     assert model_memories(a) == [] and torch.equal(a(idx)[0], b(idx)[0])
-    m = GPT(config_from_dict({"model": {**base, "qk_memory": True, "qk_memory_slots": 3}}).model).eval()
+    cfg = config_from_dict({"model": base, "hooks": MEMORY})
+    m = GPT(cfg.model).eval()
+    HookSet(cfg, m)
     assert len(model_memories(m)) == 2 and m.num_params() == a.num_params() + 2 * 2 * 3 * 8
     full = m(idx)[0]
     cache = m.new_kv_cache(2)
@@ -103,10 +108,64 @@ def test_capacity_sweep_follows_the_estimate():
     assert expected_cosine(0, 64) == 1.0
 
 
-def test_probe_model_fields():
-    m = GPT(config_from_dict({"model": dict(context_length=16, n_layers=1, d_model=128, n_heads=2, d_ff=32)}).model)
-    r = probe_model(m)
-    assert set(r) == {"niah_accuracy", "niah_min", "niah_pass", "probe_s"} and r["niah_pass"]
+def test_memory_hook_refuses_other_points_and_the_old_key_moved():
+    with pytest.raises(ConfigError, match=r"hooks.forward\[0\].point: qk_memory at blocks.0.hook_resid_pre"):
+        config_from_dict({"hooks": {"forward": [{"name": "qk_memory", "point": "blocks.0.hook_resid_pre"}]}})
+    with pytest.raises(ConfigError, match="model.qk_memory: this key has moved"):
+        config_from_dict({"model": {"qk_memory": True}})
+
+
+def test_probe_reads_the_models_own_memory_and_depends_on_its_weights():
+    base = dict(context_length=32, n_layers=2, d_model=64, n_heads=2, d_ff=64, dropout=0.0)
+    ids = np.random.default_rng(0).integers(2, 99, 4 * 32 + 1)
+    plain = GPT(config_from_dict({"model": base}).model)
+    assert probe_model(plain, ids) is None                                     # no memory: no figures
+    cfg = config_from_dict({"model": base, "hooks": MEMORY})
+    torch.manual_seed(0); m = GPT(cfg.model); HookSet(cfg, m)
+    keys = model_keys(m, ids)
+    assert sorted(keys) == [0, 1] and keys[0].shape == (2, 4 * 32, 32)
+    r = probe_model(m, ids, n_haystack=50)
+    assert set(r) == {"niah_accuracy", "niah_min", "niah_cue_only", "niah_pass", "probe_s"}
+    assert abs(r["niah_cue_only"] - 0.8) < 0.05 and r["niah_min"] <= r["niah_accuracy"]
+    again = probe_model(m, ids, n_haystack=50)
+    assert {k: v for k, v in again.items() if k != "probe_s"} == {k: v for k, v in r.items() if k != "probe_s"}   # seeded
+    with torch.no_grad():
+        for mem in model_memories(m): mem.persistent.mul_(30)
+    assert abs(probe_model(m, ids, n_haystack=50)["niah_accuracy"] - r["niah_accuracy"]) > 1e-3   # other weights, another result
+    rows = memory_report(m, ids, n_windows=2)
+    assert [row["layer"] for row in rows] == [0, 1] and all(0 <= row["read_over_query"] <= 1 + 1e-5 for row in rows)
+
+
+def test_probe_runs_during_training_for_memory_models_only(tmp_path):
+    def run(name, hooks):
+        return train(config_from_dict({
+            "model": dict(context_length=32, n_layers=1, d_model=32, n_heads=2, d_ff=64, dropout=0.0),
+            "training": dict(batch_size=4, max_steps=20, lr=3e-3),
+            "eval": dict(eval_interval=20, eval_batches=2, log_interval=5, sample_length=0, probe_interval=10, probe_keys=30),
+            "checkpoint": dict(interval=20, runs_dir=str(tmp_path)), "other": dict(device="cpu", num_threads=1, run_name=name),
+            "hooks": hooks}), progress=False, quiet=True)
+    mem, plain = run("mem", MEMORY), run("plain", {})
+    assert [r["step"] for r in read_jsonl(mem.run_dir) if "niah_accuracy" in r] == [0, 10, 20]
+    assert not any("niah_accuracy" in r for r in read_jsonl(plain.run_dir))
+    man = json.loads((mem.run_dir / "manifest.json").read_text())
+    assert man["probe"]["probes"] == 3 and mem.probe_overhead == man["probe"]["overhead_at_interval"]
+    assert "probe" not in json.loads((plain.run_dir / "manifest.json").read_text())
+    model, _, _ = load_run(mem.run_dir)                                       # the memory comes back with the model
+    assert len(model_memories(model)) == 1
+    for a, b in zip(model_memories(model), model_memories(model)): assert torch.equal(a.persistent, b.persistent)
+
+
+def test_probe_leaves_training_unchanged(tmp_path):
+    "The probe draws from its own generator and runs in eval mode: a run with it gives the same losses as without it."
+    def run(name, interval):
+        return read_jsonl(train(config_from_dict({
+            "model": dict(context_length=32, n_layers=1, d_model=32, n_heads=2, d_ff=64, dropout=0.1),
+            "training": dict(batch_size=4, max_steps=12, lr=3e-3), "hooks": MEMORY,
+            "eval": dict(eval_interval=12, eval_batches=2, log_interval=4, sample_length=0, probe_interval=interval, probe_keys=20),
+            "checkpoint": dict(interval=12, runs_dir=str(tmp_path)), "other": dict(device="cpu", num_threads=1, run_name=name)}),
+            progress=False, quiet=True).run_dir)
+    a, b = run("with-probe", 4), run("without-probe", 0)
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]
 
 
 def test_passkey_prompt_and_test_shapes():
@@ -118,118 +177,15 @@ def test_passkey_prompt_and_test_shapes():
     grid = passkey_test(m, CharTokenizer(), lengths=(80, 90), depths=(0.0, 1.0), trials=2)
     assert grid.shape == (2, 2) and ((grid >= 0) & (grid <= 1)).all()
     with pytest.raises(ValueError, match="context length"): passkey_test(m, CharTokenizer(), lengths=(95,))
+    assert m.training                                              # the test put the model's mode back
 
 
-# ---- telemetry ---------------------------------------------------------------------------------------------------
+def test_passkey_corpus_answers_every_prompt():
+    text = passkey_corpus(50, seed=3)
+    docs = text.splitlines()
+    assert len(docs) == 50 and text == passkey_corpus(50, seed=3)
+    for d in docs:
+        key = d.split("The pass key is ")[1][:5]
+        assert d.endswith("The pass key is " + key) and key.isdigit()
 
 
-def test_spike_detector():
-    sd = SpikeDetector(threshold=0.05, decay=0.9, warmup=2)
-    assert not sd.update(3.0)["spike"]
-    assert not sd.update(3.0 + math.log(1.2))["spike"]             # in warmup: not flagged
-    sd.update(3.0)
-    r = sd.update(math.log(sd.ema * 1.06))
-    assert r["spike"] and abs(r["ppl_delta"] - 0.06) < 1e-9
-    ema = sd.ema
-    assert sd.update(float("nan"))["spike"] and sd.ema == ema        # a spike does not move the EMA
-    s2 = SpikeDetector(); s2.load_state_dict(sd.state_dict()); assert s2.state_dict() == sd.state_dict()
-    assert not SpikeDetector(threshold=0, warmup=0).update(1.0)["spike"]
-
-
-def _tiny(tmp_path, **training):
-    return config_from_dict({
-        "model": dict(context_length=32, n_layers=1, d_model=32, n_heads=2, d_ff=64, dropout=0.0),
-        "training": dict(batch_size=4, max_steps=60, lr=3e-3, **training),
-        "eval": dict(eval_interval=60, eval_batches=2, log_interval=5, sample_length=0, probe_interval=20),
-        "checkpoint": dict(interval=10, keep_last=3, runs_dir=str(tmp_path)),
-        "other": dict(device="cpu", num_threads=1)})
-
-
-def test_lr_spike_is_rolled_back_and_recorded(tmp_path):
-    with inject_lr_spike(at_step=43, factor=300) as fired:
-        res = train(_tiny(tmp_path), progress=False, quiet=True)
-    assert fired == [43] and res.rollbacks == 1 and res.steps == 60
-    recs = read_jsonl(res.run_dir)
-    rb = [r for r in recs if "rollback" in r]
-    assert len(rb) == 1 and rb[0]["rollback"]["to_step"] == 30 and rb[0]["rollback"]["from_step"] in (45, 50)
-    assert any(r.get("spike") for r in recs)
-    assert {"ppl", "ppl_ema", "ppl_delta", "spike"} <= set(recs[1])
-    assert [r["step"] for r in recs if "niah_accuracy" in r] == [0, 20, 40, 40, 60] or \
-        [r["step"] for r in recs if "niah_accuracy" in r][:3] == [0, 20, 40]
-    man = json.loads((res.run_dir / "manifest.json").read_text())
-    assert man["rollbacks"] == 1 and man["probe"]["probes"] >= 3 and res.probe_overhead is not None
-    assert [p.name for p in list_checkpoints(res.run_dir)][-1] == "step-0000060.pt"
-
-
-def test_nan_loss_rolls_back_or_raises(tmp_path):
-    with inject_lr_spike(at_step=25, factor=float("inf")):
-        res = train(_tiny(tmp_path), progress=False, quiet=True)
-    rb = [r["rollback"] for r in read_jsonl(res.run_dir) if "rollback" in r]
-    assert rb and rb[0]["reason"].startswith("training loss is nan") and math.isfinite(res.final_train_loss)
-    cfg = _tiny(tmp_path / "b", rollback=False)
-    with inject_lr_spike(at_step=25, factor=float("inf")), pytest.raises(FloatingPointError, match="training loss is nan"):
-        train(cfg, progress=False, quiet=True)
-
-
-# ---- Muon --------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shape", [(64, 16), (16, 64), (48, 96)])
-def test_newton_schulz_singular_values_in_band(shape):
-    torch.manual_seed(0)
-    s = torch.linalg.svdvals(newton_schulz(torch.randn(*shape)))
-    assert s.min() > 0.6 and s.max() < 1.25                         # the quintic's band around 1 (not exactly 1)
-
-
-def test_muon_update_is_orthogonalised():
-    torch.manual_seed(0)
-    W = torch.randn(64, 32)
-    w = W.clone().requires_grad_()
-    opt = Muon([{"params": [w], "use_muon": True}], lr=0.01, weight_decay=0.0, adjust_lr="original")
-    w.grad = torch.randn(64, 32); opt.step()
-    update = (W - w.detach()) / (0.01 * muon_lr_factor(W.shape, "original"))
-    s = torch.linalg.svdvals(update)
-    assert s.min() > 0.6 and s.max() < 1.25
-
-
-@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="this torch has no torch.optim.Muon")
-@pytest.mark.parametrize("adjust,dtype,tol", [("original", torch.bfloat16, 1e-6), ("match_rms_adamw", torch.bfloat16, 1e-6),
-                                              ("match_rms_adamw", torch.float32, 0.02)])
-def test_muon_matches_torch(adjust, dtype, tol):
-    torch.manual_seed(0)
-    W = torch.randn(40, 24)
-    a, b = W.clone().requires_grad_(), W.clone().requires_grad_()
-    o1 = Muon([{"params": [a], "use_muon": True}], lr=0.02, weight_decay=0.1, adjust_lr=adjust, ns_dtype=dtype)
-    o2 = torch.optim.Muon([b], lr=0.02, weight_decay=0.1, adjust_lr_fn=adjust)
-    for _ in range(3):
-        g = torch.randn(40, 24); a.grad, b.grad = g.clone(), g.clone(); o1.step(); o2.step()
-    assert ((a - b).norm() / (W - b).norm()).item() <= tol
-
-
-def test_muon_adamw_part_matches_torch_adamw():
-    torch.manual_seed(0)
-    p = torch.randn(10, requires_grad=True); q = p.detach().clone().requires_grad_()
-    o1 = Muon([{"params": [p]}], lr=1e-2, weight_decay=0.1)
-    o2 = torch.optim.AdamW([q], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    for _ in range(5):
-        g = torch.randn(10); p.grad, q.grad = g.clone(), g.clone(); o1.step(); o2.step()
-    assert torch.allclose(p, q, atol=1e-6)
-
-
-def test_muon_from_config_splits_hidden_matrices():
-    cfg = config_from_dict({"model": dict(context_length=16, n_layers=2, d_model=16, n_heads=2, d_ff=32),
-                            "training": {"optimizer": "muon", "muon_lr": 0.02, "lr": 1e-3}})
-    model = GPT(cfg.model)
-    opt = make_optimizer(model, cfg.training)
-    muon = [n for g in opt.param_groups if g["use_muon"] for n in g["names"]]
-    other = [n for g in opt.param_groups if not g["use_muon"] for n in g["names"]]
-    assert muon and all(n.endswith("weight") and ("attn" in n or "mlp" in n) for n in muon)
-    assert "transformer.wte.weight" in other and "transformer.wpe.weight" in other
-    assert all(g["lr_ratio"] == pytest.approx(20.0) for g in opt.param_groups)
-    assert all(g["ns_dtype"] == torch.float32 for g in opt.param_groups)   # auto on the CPU
-    sd = opt.state_dict(); opt.load_state_dict(sd)                      # checkpointable like any optimizer
-    with pytest.raises(ConfigError, match="training.optimizer: muon: muon_groups needs parameter names"):
-        build_optimizer([{"params": list(model.parameters()), "weight_decay": 0.0}], cfg.training)
-    with pytest.raises(ValueError, match="2-D matrices only"):
-        Muon([{"params": [torch.zeros(3, requires_grad=True)], "use_muon": True}])
-    assert len(muon_groups(param_groups(model, 0.1))) == 3

@@ -19,9 +19,10 @@ import torch
 from slm.config import ConfigError, config_from_dict, load_config, save_config
 from slm.data import RandomWindows, load_corpus
 from slm.model import GPT
-from slm.training import (CheckpointError, TrainingInterrupted, accumulate_gradients, evaluate, list_checkpoints,
-                          load_checkpoint, load_run, lr_at, make_optimizer, param_groups, read_jsonl, save_checkpoint,
-                          train, train_step)
+import slm.generation  # noqa: F401  (chapter 06 registers the sample written at each evaluation)
+from slm.training import (CheckpointError, LRSpike, SpikeDetector, TrainingInterrupted, accumulate_gradients, evaluate,
+                          list_checkpoints, load_checkpoint, load_run, lr_at, make_optimizer, param_groups, read_jsonl,
+                          save_checkpoint, train, train_step)
 
 from _corpus import play_text
 
@@ -374,3 +375,54 @@ def test_kill_9_leaves_only_valid_checkpoints(root, tmp_path):
     assert not list((run_dir / "checkpoints").glob("*.tmp*"))
     recs = read_jsonl(run_dir)
     assert [r["step"] for r in recs] == list(range(0, max(steps) + 3))   # metrics cut back to the checkpoint, then continued
+
+
+# ---- training health: telemetry, spikes and rollback ---------------------------------------------------------------------------------------------------
+
+
+def test_spike_detector():
+    sd = SpikeDetector(threshold=0.05, decay=0.9, warmup=2)
+    assert not sd.update(3.0)["spike"]
+    assert not sd.update(3.0 + math.log(1.2))["spike"]             # in warmup: not flagged
+    sd.update(3.0)
+    r = sd.update(math.log(sd.ema * 1.06))
+    assert r["spike"] and abs(r["ppl_delta"] - 0.06) < 1e-9
+    ema = sd.ema
+    assert sd.update(float("nan"))["spike"] and sd.ema == ema        # a spike does not move the EMA
+    s2 = SpikeDetector(); s2.load_state_dict(sd.state_dict()); assert s2.state_dict() == sd.state_dict()
+    assert not SpikeDetector(threshold=0, warmup=0).update(1.0)["spike"]
+
+
+def _tiny(tmp_path, **training):
+    return config_from_dict({
+        "model": dict(context_length=32, n_layers=1, d_model=32, n_heads=2, d_ff=64, dropout=0.0),
+        "training": dict(batch_size=4, max_steps=60, lr=3e-3, **training),
+        "eval": dict(eval_interval=60, eval_batches=2, log_interval=5, sample_length=0, probe_interval=20),
+        "checkpoint": dict(interval=10, keep_last=3, runs_dir=str(tmp_path)),
+        "other": dict(device="cpu", num_threads=1)})
+
+
+def test_lr_spike_is_rolled_back_and_recorded(tmp_path):
+    fault = LRSpike(at_step=43, factor=300)
+    res = train(_tiny(tmp_path), progress=False, quiet=True, callbacks=[fault])
+    assert fault.fired == [43] and res.rollbacks == 1 and res.steps == 60
+    recs = read_jsonl(res.run_dir)
+    rb = [r for r in recs if "rollback" in r]
+    assert len(rb) == 1 and rb[0]["rollback"]["to_step"] == 30 and rb[0]["rollback"]["from_step"] in (45, 50)
+    assert any(r.get("spike") for r in recs)
+    assert {"ppl", "ppl_ema", "ppl_delta", "spike"} <= set(recs[1])
+    assert not any("niah_accuracy" in r for r in recs)                 # a plain model: the memory probe has nothing to do
+    man = json.loads((res.run_dir / "manifest.json").read_text())
+    assert man["rollbacks"] == 1 and res.probe_overhead is None
+    assert [p.name for p in list_checkpoints(res.run_dir)][-1] == "step-0000060.pt"
+
+
+def test_nan_loss_rolls_back_or_raises(tmp_path):
+    res = train(_tiny(tmp_path), progress=False, quiet=True, callbacks=[LRSpike(at_step=25, factor=float("inf"))])
+    rb = [r["rollback"] for r in read_jsonl(res.run_dir) if "rollback" in r]
+    assert rb and rb[0]["reason"].startswith("training loss is nan") and math.isfinite(res.final_train_loss)
+    cfg = _tiny(tmp_path / "b", rollback=False)
+    with pytest.raises(FloatingPointError, match="training loss is nan"):
+        train(cfg, progress=False, quiet=True, callbacks=[LRSpike(at_step=25, factor=float("inf"))])
+
+
