@@ -281,6 +281,10 @@ def build_quarto(root: Path = ROOT) -> Path:
         refresh_quarto_yml()                 # nbs/nbdev.yml from settings.ini
         nbdev.doclinks._build_modidx()       # as nbdev_docs does
     cache = process_notebooks(root)
+    qy = yaml.safe_load((cache / "_quarto.yml").read_text())   # as offline: pages not written yet are left out
+    sb = qy["website"]["sidebar"]
+    sb["contents"] = [p for p in sb["contents"] if (cache / (p if isinstance(p, str) else p["href"])).exists()]
+    (cache / "_quarto.yml").write_text(yaml.safe_dump(qy, sort_keys=False))
     subprocess.run(["quarto", "render", "--no-cache"], cwd=cache, check=True)
     dest = root / "_docs"
     shutil.rmtree(dest, ignore_errors=True)
