@@ -7,12 +7,11 @@ import functools
 import html as html_mod
 import http.server
 import re
-import shutil
 import sys
 import threading
 import time
 from pathlib import Path
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml

@@ -1,7 +1,6 @@
 """JupyterLab opens a chapter with the project's kernel selected (no "Select Kernel" dialog) and does not
 mark it modified: checked in a headless JupyterLab on 127.0.0.1 driven by headless Chromium, on a scratch
 copy of the notebooks that `tests/nb_metadata.py` gave the project's kernel metadata (and nbdev cleaned)."""
-import json
 import os
 import re
 import shutil
