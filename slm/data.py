@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 import unicodedata
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,7 +240,7 @@ def tokenize_corpus(text: str, tokenizer: Tokenizer, source: str = "", cache=Non
         ct = _open_cached(d, key, source)
     return ct
 
-# %% ../nbs/01_data.ipynb #e2a446bb
+# %% ../nbs/01_data.ipynb #42e4c8b2
 DEFAULT_CHUNK = 16 << 20   # bytes read per step by the streaming ingest
 
 def _utf8_cut(data: bytes) -> int:
@@ -292,7 +291,7 @@ def _file_pieces(path: Path, chunk_size: int = DEFAULT_CHUNK):
                 if final: return
     except OSError as e: raise CorpusError(f"{path}: cannot read file ({e.strerror or e})") from None
 
-# %% ../nbs/01_data.ipynb #045acf6b
+# %% ../nbs/01_data.ipynb #3f6c1b2b
 _ASCII = bytes(range(128))
 _NON_ASCII = bytes(range(0x80, 0x100))
 _CONTINUATION = bytes(range(0x80, 0xC0))
@@ -317,35 +316,18 @@ def _byte_table(tokenizer: Tokenizer) -> bytes | None:
     if not isinstance(tokenizer, CharTokenizer) or type(tokenizer).encode is not CharTokenizer.encode: return None
     return bytes(tokenizer.encode(_ASCII.decode("ascii"), unk="ignore").tolist()) + bytes([tokenizer.unk_id]) * 128
 
-class _InOrder:
-    "Run calls one after another on a background thread, at most one waiting: overlaps hashing and writing (both release the GIL) with encoding."
-    def __init__(self): self.pool, self.pending = ThreadPoolExecutor(1), None
-    def __call__(self, f, *args):
-        self.wait()
-        self.pending = self.pool.submit(f, *args)
-    def wait(self):
-        "Wait for the call in flight; re-raise its exception."
-        p, self.pending = self.pending, None
-        if p is not None: p.result()
-    def close(self):
-        "Wait for the call in flight (re-raising its exception) and stop the thread."
-        try: self.wait()
-        finally: self.pool.shutdown(wait=True)
-    def abandon(self):
-        "Stop after the call in flight, ignoring its outcome (an error is already on its way)."
-        self.pending = None
-        self.pool.shutdown(wait=True)
-
 class _ChunkEncoder:
     "Running state of one streaming ingest: the cache-key hash, token and character counts, distinct characters, `<UNK>` statistics."
     def __init__(self, tokenizer: Tokenizer, fold_unicode: bool):
         self.tok, self.fold, self.table = tokenizer, fold_unicode, _byte_table(tokenizer)
         self.hash = hashlib.sha256(_key_header(tokenizer, fold_unicode))
-        self._hashing = _InOrder()                        # sha256 releases the GIL: hash piece k while encoding it
         uid = _unk_id(tokenizer)
         self.unk_byte = bytes([uid]) if uid is not None and uid < 256 else None
         self.seen = bytearray()                           # ASCII characters met so far
         self.unk_seen = self.table is None                # met a character that becomes <UNK>? (other tokenizers: assume so)
+        if self.table is not None:                        # the table for the ASCII characters met so far: any other
+            self.sentinel = bytes([max(set(range(256)) - set(self.table))])   # ASCII byte becomes an id no token has
+            self.seen_table = self.sentinel * 128 + self.table[128:]
         self.non_ascii: set[int] = set()
         self.folded: dict[str, str] = {}
         self.n_tokens = self.n_chars = self.n_unk = 0
@@ -364,31 +346,37 @@ class _ChunkEncoder:
         for c, r in repl: piece = piece.replace(c.encode("utf-8"), r.encode("ascii"))   # ASCII out: no chains
         return piece
 
-    def _distinct(self, piece: bytes, is_ascii: bool):
-        "Record the characters of `piece` not met before."
-        rest = piece.translate(None, bytes(self.seen))            # deleting the ASCII characters already met
-        if rest and not is_ascii:                                 # leaves new ASCII ones and whole non-ASCII characters
-            self.non_ascii.update(_non_ascii_codepoints(rest).tolist())
-            rest = rest.translate(None, _NON_ASCII)
-            self.unk_seen = True
-        while rest:                                               # bincount a small sample (it works in int64)
+    def _new_ascii(self, piece: bytes):
+        "Record the ASCII characters of `piece` not met before."
+        rest = piece.translate(None, bytes(self.seen) + _NON_ASCII)   # deleting what is known leaves the new ones
+        while rest:                                                    # bincount a small sample (it works in int64)
             new = bytes(np.flatnonzero(np.bincount(np.frombuffer(rest[:1 << 16], np.uint8))).tolist())
             self.seen += new
             rest = rest.translate(None, new)
-            if self.table is not None and self.unk_byte is not None: self.unk_seen |= any(self.table[c] == self.unk_byte[0] for c in new)
+            if self.table is None: continue
+            if self.unk_byte is not None: self.unk_seen |= any(self.table[c] == self.unk_byte[0] for c in new)
+            t = bytearray(self.seen_table)
+            for c in new: t[c] = self.table[c]
+            self.seen_table = bytes(t)
 
     def add(self, piece: bytes, is_ascii: bool) -> bytes:
         "Account for one piece of normalised text (valid UTF-8 bytes); return its ids as bytes (one byte per token)."
-        self._hashing(self.hash.update, piece)
+        self.hash.update(piece)
         if self.fold and not is_ascii:
             piece = self._fold(piece, _non_ascii_codepoints(piece))
             is_ascii = piece.isascii()
-        self._distinct(piece, is_ascii)
+        if not is_ascii:
+            self.non_ascii.update(_non_ascii_codepoints(piece).tolist())
+            self.unk_seen = True
         text = None
         if self.table is not None:
-            ids = piece.translate(self.table, _CONTINUATION)
+            ids = piece.translate(self.seen_table, _CONTINUATION)
+            if self.sentinel in ids:                              # an ASCII character met for the first time
+                self._new_ascii(piece)
+                ids = piece.translate(self.seen_table, _CONTINUATION)
             n_chars = len(ids)
         else:
+            self._new_ascii(piece)
             text = piece.decode("utf-8")
             arr = np.asarray(self.tok.encode(text, unk="ignore"))
             if arr.size and (arr.min() < 0 or arr.max() > 255): raise ValueError("token ids must fit in uint8 for the token cache")
@@ -408,18 +396,15 @@ class _ChunkEncoder:
         return ids
 
     def key(self) -> str:
-        "The cache key: the first 16 hex digits of the sha256 of everything added (call once, at the end)."
-        self._hashing.close()
+        "The cache key: the first 16 hex digits of the sha256 of the header and everything added."
         return self.hash.hexdigest()[:16]
-
-    def abandon(self): self._hashing.abandon()
 
     def stats(self) -> dict:
         "The statistics stored next to the cached ids."
         return {"n_tokens": self.n_tokens, "n_chars": self.n_chars, "n_distinct": len(self.seen) + len(self.non_ascii),
                 "n_unk": self.n_unk, "first_unk": self.first_unk, "first_unk_offset": self.first_unk_offset}
 
-# %% ../nbs/01_data.ipynb #7c442abf
+# %% ../nbs/01_data.ipynb #7d5b3dcf
 _RACY_NS = 2_500_000_000   # files changed this recently (ns) are not indexed: timestamps can be this coarse
 
 def _file_state(f: Path) -> list:
@@ -458,23 +443,17 @@ def ingest_corpus(source: str | Path = "shakespeare", tokenizer: Tokenizer | Non
     _clean_partials(d)
     enc = _ChunkEncoder(tokenizer, fold_unicode)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tokens-", suffix=".partial")
-    writer = _InOrder()                                        # writes chunk k while chunk k+1 is encoded
     try:
         try:
             with os.fdopen(fd, "wb") as out:
-                try:
-                    for i, f in enumerate(files):
-                        if i: writer(out.write, enc.add(b"\n", True))     # files are joined by one newline
-                        for piece, is_ascii in _file_pieces(f, chunk_size): writer(out.write, enc.add(piece, is_ascii))
-                except BaseException:
-                    writer.abandon(); raise
-                writer.close()                                 # the last write lands (or fails) before the file closes
+                for i, f in enumerate(files):
+                    if i: out.write(enc.add(b"\n", True))             # files are joined by one newline
+                    for piece, is_ascii in _file_pieces(f, chunk_size): out.write(enc.add(piece, is_ascii))
         except OSError as e: raise CorpusError(f"{d}: cannot write the token cache ({e.strerror or e})") from None
         if enc.blank: raise CorpusError(f"{source}: corpus is empty")
         key = enc.key()
         if _open_cached(d, key, source) is None: _store(d, key, tmp, enc.stats())
     finally:
-        writer.abandon(); enc.abandon()
         if os.path.exists(tmp): os.unlink(tmp)
     unchanged = [_file_state(f) for f in files] == states
     if unchanged and all(max(s[2], s[3]) < started - _RACY_NS for s in states):
@@ -589,7 +568,7 @@ def corpus_report(splits: CorpusSplits, context_length: int, stride: int | None 
             "vocab_size": tok.vocab_size, "train_tokens": len(splits.train), "val_tokens": len(splits.val),
             "context_length": context_length, "stride": ds.stride, "windows_per_epoch": len(ds), "sample_window": tok.decode(x[:sample_chars])}
 
-# %% ../nbs/01_data.ipynb #f1ea16eb
+# %% ../nbs/01_data.ipynb #d3aae4af
 def _memory_mb() -> dict:
     """This process's memory in MB: `peak_rss` (`VmHWM`; on Linux `ru_maxrss` would include the parent's memory,
     inherited across `exec`), and the current `anon` and `file` parts of the resident set (file: mapped cache pages).
