@@ -253,11 +253,11 @@ def test_crash_mid_build_leaves_no_cache_that_is_used(tmp_path):
     r = subprocess.run([sys.executable, "-c", CRASH, str(f), str(cache)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 3, r.stderr
     assert not list(cache.glob("tokens-*")) and not list(cache.glob("source-*"))   # nothing published
-    assert len(list(cache.glob(".tokens-*.partial"))) == 1                          # only the temporary file
+    assert len(list(cache.glob(".staged-*.partial"))) == 1                          # only the temporary file
     ct = ingest_corpus(f, cache=cache)
     assert TOK.decode(ct.ids) == "a line of text\n" * 1000 and ct.cache_path.name.startswith("tokens-")
     data._clean_partials(cache, older_than_s=0)
-    assert not list(cache.glob(".tokens-*.partial"))
+    assert not list(cache.glob(".staged-*.partial"))
 
 
 def test_exception_mid_build_removes_the_temporary_file(tmp_path):
@@ -312,10 +312,10 @@ def test_unwritable_cache_folder_one_line_before_any_work(tmp_path, monkeypatch)
     monkeypatch.setattr(data, "_file_pieces", no_work)
     under = tmp_path / "a_file" / "cache"
     msg = one_line_error(lambda: load_corpus(tmp_path / "x.txt", 16, cache=under))
-    assert msg.startswith(f"{under}: cannot create the cache folder") and f"{tmp_path / 'a_file'} is a file" in msg
+    assert msg.startswith(f"{under}: cannot write to the cache folder") and f"{tmp_path / 'a_file'} is a file" in msg
     assert "data.cache_dir" in msg
     msg = one_line_error(lambda: load_corpus(tmp_path / "x.txt", 16, cache=tmp_path / "a_file"))
-    assert msg.startswith(f"{tmp_path / 'a_file'}: cannot create the cache folder") and "is a file, not a folder" in msg
+    assert msg.startswith(f"{tmp_path / 'a_file'}: cannot write to the cache folder") and "is a file, not a folder" in msg
 
 
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write to a read-only folder")
@@ -351,7 +351,7 @@ def test_unwritable_cache_folder_stops_the_command_with_one_line(tmp_path):
     r = subprocess.run([SLM, "corpus", "--set", f"data.cache_dir={tmp_path / 'a_file' / 'cache'}"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert "cannot create the cache folder" in r.stderr and "Traceback" not in r.stderr
+    assert "cannot write to the cache folder" in r.stderr and "Traceback" not in r.stderr
 
 
 MEMORY = textwrap.dedent("""
