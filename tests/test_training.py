@@ -349,7 +349,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_matches(root, tmp_path):
     step = load_checkpoint(ckpt_path)["step"]
     assert step >= 5 and ckpt_path == list_checkpoints(run_dir)[-1]
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "interrupted"
-    assert not list((run_dir / "checkpoints").glob("*.tmp*"))
+    assert not list((run_dir / "checkpoints").glob(".staged-*"))
 
     resumed = run_quiet(resume=run_dir, max_steps=step + 7)
     assert resumed.steps == step + 7
@@ -372,7 +372,7 @@ def test_kill_9_leaves_only_valid_checkpoints(root, tmp_path):
     steps = [load_checkpoint(p)["step"] for p in paths]                  # every .pt file on disk reads fine
     resumed = run_quiet(resume=run_dir, max_steps=max(steps) + 2)
     assert resumed.steps == max(steps) + 2
-    assert not list((run_dir / "checkpoints").glob("*.tmp*"))
+    assert not list((run_dir / "checkpoints").glob(".staged-*"))
     recs = read_jsonl(run_dir)
     assert [r["step"] for r in recs] == list(range(0, max(steps) + 3))   # metrics cut back to the checkpoint, then continued
 
