@@ -72,9 +72,12 @@ def test_corpus_own_text_with_unicode_folding(tmp_path):
     f = tmp_path / "mine.txt"
     f.write_text(text, encoding="utf-8")
     env = {"SLM_CACHE_DIR": str(tmp_path / "cache")}
-    plain = json.loads(run_in("corpus", "--json", "--set", f"data.source={f}", "--set", "model.context_length=32", env=env).stdout)
+    refused = run_in("corpus", "--json", "--set", f"data.source={f}", "--set", "model.context_length=32", env=env)
+    assert refused.returncode == 2 and "above data.max_unk_rate 0.05" in refused.stderr and "data.fold_unicode: true" in refused.stderr
+    plain = json.loads(run_in("corpus", "--json", "--set", f"data.source={f}", "--set", "model.context_length=32",
+                              "--set", "data.max_unk_rate=null", env=env).stdout)
     folded = json.loads(run_in("corpus", "--json", "--set", f"data.source={f}", "--set", "model.context_length=32",
-                            "--set", "data.fold_unicode=true", env=env).stdout)
+                               "--set", "data.fold_unicode=true", env=env).stdout)
     assert plain["unk_count"] == 4 * 200            # “ ” é — and nothing else is outside ASCII
     assert folded["unk_count"] == 0
 
