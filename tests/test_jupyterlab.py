@@ -17,18 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
 import nb_metadata  # noqa: E402
 
-# The committed notebooks get the metadata by running `python tests/nb_metadata.py` once, and the README's
-# set-up command (from nbs/index.ipynb) installs the kernel; until then these two are expected to fail.
-# Set it to False when both are done.
-METADATA_PENDING = True
-
-
-@pytest.mark.xfail(METADATA_PENDING, strict=True, reason="notebooks not yet given the kernel metadata (tests/nb_metadata.py)")
 def test_committed_notebooks_carry_the_project_kernel():
     assert nb_metadata.main(["--check"]) == 0
 
 
-@pytest.mark.xfail(METADATA_PENDING, strict=True, reason="the README's set-up command does not install the kernel yet")
 def test_readme_setup_installs_the_project_kernel():
     setup = re.findall(r"```sh\n(.*?)\n```", (ROOT / "README.md").read_text(), re.S)[0]
     assert f"ipykernel install --sys-prefix --name {nb_metadata.KERNEL} --display-name {nb_metadata.KERNEL}" in setup
