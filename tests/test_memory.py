@@ -1,5 +1,5 @@
 """Chapter 09: persistent Q-K memory, its hook inside attention, the NIAH probe (on random keys and on a model's own memory),
-the probe during training, passkey prompts, the passkey positive-control corpus."""
+the probe during training, passkey prompts, the passkey test and its positive control."""
 import json
 
 import numpy as np
@@ -9,7 +9,7 @@ import torch
 from slm.config import ConfigError, config_from_dict
 from slm.hooks import HookSet
 from slm.memory import (QKMemory, capacity_sweep, expected_cosine, memory_report, model_keys, model_memories, niah_probe,
-                        passkey_corpus, passkey_prompt, passkey_test, probe_model)
+                        CopyCircuit, passkey_prompt, passkey_test, probe_model)
 from slm.model import GPT
 from slm.tokenizer import CharTokenizer
 from slm.training import load_run, read_jsonl, train
@@ -180,12 +180,12 @@ def test_passkey_prompt_and_test_shapes():
     assert m.training                                              # the test put the model's mode back
 
 
-def test_passkey_corpus_answers_every_prompt():
-    text = passkey_corpus(50, seed=3)
-    docs = text.splitlines()
-    assert len(docs) == 50 and text == passkey_corpus(50, seed=3)
-    for d in docs:
-        key = d.split("The pass key is ")[1][:5]
-        assert d.endswith("The pass key is " + key) and key.isdigit()
-
+def test_the_passkey_test_is_passed_by_a_copy_circuit_and_failed_without_one():
+    tok = CharTokenizer()
+    lengths, depths = (80, 100, 120), (0.0, 0.5, 1.0)
+    assert passkey_test(CopyCircuit(tok.vocab_size, 128), tok, lengths, depths, trials=10).min() == 1.0
+    # matching one character only ("the latest space") is a broken copier: the test must see that
+    assert passkey_test(CopyCircuit(tok.vocab_size, 128, k=1), tok, lengths, depths, trials=10).mean() < 0.2
+    logits, _ = CopyCircuit(tok.vocab_size, 16)(torch.tensor([[5, 6, 7, 5, 6]]))
+    assert logits.shape == (1, 5, tok.vocab_size) and logits[0, -1].argmax() == 7     # "5 6" was followed by 7
 
