@@ -265,6 +265,13 @@ def test_bench_prints_json_figures():
     assert len(out["targets_met"]) == 3 and all(isinstance(v, bool) for v in out["targets_met"].values())
 
 
+def test_bench_ingest_prints_build_speed_and_memory():
+    r = run("bench", "--ingest", "--ingest-sizes", "1")
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)
+    assert row["MB"] == 1 and row["MB_per_s"] > 0 and row["peak_rss_MB"] > 0 and row["builtin_peak_rss_MB"] > 0
+
+
 def test_bench_rejects_bad_batch_sizes():
     r = run("bench", "--gen-batch", "1,x", "--skip-generation")
     assert r.returncode == 2 and "1,x" in r.stderr and "Traceback" not in r.stderr
