@@ -74,11 +74,22 @@ def pandoc_slug(value: str, separator: str = "-") -> str:
 
 # --------------------------------------------------------------------------------------------- README
 
+def _readme_cells(nb):
+    "index.ipynb's cells as the README shows them: `#| hide` cells dropped, `#| echo: false` cells replaced by their Markdown output (the generated tables)."
+    for c in nb.cells:
+        if re.match(r"\s*#\|\s*hide", c.source): continue
+        if c.cell_type == "code" and re.search(r"^#\|\s*echo:\s*false", c.source, re.M):
+            md = "\n\n".join(o.get("data", {}).get("text/markdown", "") for o in c.get("outputs", []))
+            if md.strip(): yield nbformat.v4.new_markdown_cell(md)
+            continue
+        yield c
+
+
 def build_readme(root: Path = ROOT) -> str:
     "Render nbs/index.ipynb to Markdown (links to chapters point into nbs/); returns the text written to README.md."
     from nbconvert import MarkdownExporter
     nb = nbformat.read(root / "nbs" / "index.ipynb", as_version=4)
-    nb.cells = [c for c in nb.cells if not re.match(r"\s*#\|\s*hide", c.source)]
+    nb.cells = list(_readme_cells(nb))
     body, _ = MarkdownExporter().from_notebook_node(nb)
     body = _LINK.sub(lambda m: f"](nbs/{m.group(1)}.ipynb{m.group(2) or ''})", body)
     body = body.replace("](images/", "](nbs/images/")      # figures committed in nbs/images/
