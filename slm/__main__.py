@@ -11,7 +11,6 @@ import os
 import sys
 from pathlib import Path
 
-from fastcore.imports import IN_IPYTHON
 from . import __version__
 
 # %% auto #0
@@ -408,4 +407,4 @@ def _run(args) -> int:
         return 130
 
 # %% ../nbs/cli.ipynb #f5249abe
-if __name__ == "__main__" and not IN_IPYTHON: sys.exit(main())   # not when this notebook itself runs
+if __name__ == "__main__" and Path(sys.argv[0]).name == "__main__.py": sys.exit(main())   # `python -m slm`; not a kernel running this notebook
