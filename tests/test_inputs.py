@@ -236,7 +236,9 @@ def test_chat_edits_lines_keeps_history_and_clears_on_ctrl_c(tiny_run, tmp_path)
         term.expect("YOU> ")
         term.send(b"first words\r")
         term.expect("HAMLET: "); term.expect("YOU> ")
-        term.send(b"half a thought\x03")                             # Ctrl-C at the prompt
+        term.send(b"half a thought"); term.expect("half a thought")  # typed and echoed: readline is waiting for keys
+        time.sleep(0.5)     # as a person pauses: CPython's readline loop sees a signal only while it waits in select()
+        term.send(b"\x03")                                           # Ctrl-C at the prompt
         assert "^C" in term.expect("YOU> ") and proc.poll() is None
         term.send(b"\x1b[A\r")                                       # Up arrow, Enter: the last line again
         assert "first words" in term.expect("HAMLET: ")
