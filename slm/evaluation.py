@@ -37,7 +37,7 @@ __all__ = ['NOT_COMPARED', 'WORD', 'BENCH_TARGETS', 'window_plan', 'TokenScores'
            'load_for_eval', 'EvalReport', 'evaluate_run', 'format_table', 'format_report', 'RunSummary', 'run_summary',
            'config_differences', 'compare_runs', 'format_comparison', 'plot_runs', 'save_runs_plot', 'words',
            'char_entropy', 'repetition_rate', 'known_word_rate', 'sample_heuristics', 'matmul_peak_gflops',
-           'bench_training', 'bench_generation', 'bench_tokenizer', 'run_bench', 'bench_sweep']
+           'bench_training', 'matvec_floor', 'bench_generation', 'bench_tokenizer', 'run_bench', 'bench_sweep']
 
 # %% ../nbs/07_evaluation.ipynb #96280044
 def window_plan(n_tokens: int,         # tokens in the text; the targets are tokens 1 … n_tokens-1
@@ -481,14 +481,35 @@ def bench_training(cfg: TrainingConfig, steps: int = 10, warmup: int = 3, dtype:
     tokens = tc.batch_size * tc.grad_accum_steps * T
     return {"dtype": dtype, "tokens_per_s": tokens / dt, "s_per_step": dt, "gflops": model.flops_per_token() * tokens / dt / 1e9}
 
+def matvec_floor(model: torch.nn.Module, # the model whose weight matrices are read (on its own device and dtype)
+                 repeats: int = 30,        # timed passes; the fastest counts
+                ) -> float:                # tokens/s: 1 / seconds of one pass
+    "Batch-1 decoding's upper bound: tokens/s if a decode step did nothing but multiply one vector by each weight matrix of `model` (every `nn.Linear`, the LM head included), as every step must."
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    p = next(model.parameters())
+    xs = [torch.randn(1, m.in_features, device=p.device, dtype=p.dtype) for m in linears]
+    best = float("inf")
+    with torch.inference_mode():
+        for m, x in zip(linears, xs): F.linear(x, m.weight, m.bias)     # warm-up
+        for _ in range(repeats):
+            _sync(p.device); t0 = time.perf_counter()
+            for m, x in zip(linears, xs): F.linear(x, m.weight, m.bias)
+            _sync(p.device); best = min(best, time.perf_counter() - t0)
+    return 1 / best
+
 def bench_generation(cfg: TrainingConfig, n_new: int = 256, batch_size: int = 1, repeats: int = 2) -> dict:
     """Generation tokens/s for `n_new` new tokens per row, `batch_size` rows, with and without the KV cache (random
-    weights of `cfg.model`'s shape: speed does not depend on them). The fastest of `repeats` runs counts, for both."""
+    weights of `cfg.model`'s shape: speed does not depend on them). The fastest of `repeats` runs counts, for both.
+    For one row, also `matvec_floor_tokens_per_s` (`matvec_floor`) and the share of it the cached loop reaches."""
     torch.manual_seed(cfg.other.seed)
     model = GPT(cfg.model).to(pick_device(cfg.other.device)).eval()
     cached = generation_speed(model, n_new, use_cache=True, batch_size=batch_size, repeats=repeats)
     uncached = generation_speed(model, n_new, use_cache=False, batch_size=batch_size, repeats=repeats)
-    return {"batch_size": batch_size, "kv_cache_tokens_per_s": cached, "no_cache_tokens_per_s": uncached, "kv_cache_speedup": cached / uncached}
+    out = {"batch_size": batch_size, "kv_cache_tokens_per_s": cached, "no_cache_tokens_per_s": uncached, "kv_cache_speedup": cached / uncached}
+    if batch_size == 1:
+        floor = matvec_floor(model)
+        out.update(matvec_floor_tokens_per_s=floor, share_of_floor=cached / floor)
+    return out
 
 def bench_tokenizer(repeats: int = 5) -> dict:
     "Encoding speed of the character tokenizer on the whole built-in corpus, best of `repeats`, in MB/s (1 MB = 10⁶ characters)."

@@ -261,6 +261,9 @@ def test_bench_prints_json_figures():
     gen = out["generation"]
     assert gen["new_tokens"] == 256 and [gen[k]["batch_size"] for k in ("batch_1", "batch_2")] == [1, 2]
     assert all(gen[k]["kv_cache_speedup"] > 0 for k in ("batch_1", "batch_2"))
+    g1 = gen["batch_1"]      # one sequence: the matrix-vector floor, which the whole decode loop cannot beat
+    assert 0 < g1["kv_cache_tokens_per_s"] < g1["matvec_floor_tokens_per_s"] and g1["share_of_floor"] < 1
+    assert "matvec_floor_tokens_per_s" not in gen["batch_2"]
     assert out["tokenizer"]["encode_MB_per_s"] > 0
     assert len(out["targets_met"]) == 3 and all(isinstance(v, bool) for v in out["targets_met"].values())
 
