@@ -182,7 +182,7 @@ def test_training_output_reaches_a_pipe_and_sigterm_saves_a_checkpoint(tmp_path)
 
 def test_generation_streams_and_stops_on_ctrl_c(tiny_run, tmp_path):
     proc = subprocess.Popen([SLM, "generate", tiny_run, "--prompt", "ROMEO:", "--max-new-tokens", str(10**13)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_for(tmp_path))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env_for(tmp_path), preexec_fn=_sigint_default)
     try:
         text = read_until(proc, proc.stdout, "ROMEO:")
         while len(text) < 300: text += read_some(proc, proc.stdout)      # the continuation arrives while it is generated
@@ -193,6 +193,13 @@ def test_generation_streams_and_stops_on_ctrl_c(tiny_run, tmp_path):
         if proc.poll() is None: proc.kill()
     assert proc.returncode == 130 and err.decode().strip() == "slm: interrupted", err
     assert text.startswith("ROMEO:") and rest.endswith(b"\n")       # what was printed stays, the line is ended
+
+
+def _sigint_default():
+    """In the child: SIGINT back to its default, as for a command typed at a terminal. A test run started in the
+    background (`pytest … &` in a script) has SIGINT ignored, children inherit that, and Python then installs no
+    KeyboardInterrupt handler: Ctrl-C would do nothing, as it rightly does for a background job."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Terminal:
@@ -219,6 +226,7 @@ def _own_terminal():
     "In the child: a new session whose controlling terminal is its stdin, so Ctrl-C on it sends SIGINT, as in a real terminal."
     import fcntl
     import termios
+    _sigint_default()
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
