@@ -484,8 +484,11 @@ def bench_training(cfg: TrainingConfig, steps: int = 10, warmup: int = 3, dtype:
 def matvec_floor(model: torch.nn.Module, # the model whose weight matrices are read (on its own device and dtype)
                  repeats: int = 30,        # timed passes; the fastest counts
                 ) -> float:                # tokens/s: 1 / seconds of one pass
-    "Batch-1 decoding's upper bound: tokens/s if a decode step did nothing but multiply one vector by each weight matrix of `model` (every `nn.Linear`, the LM head included), as every step must."
+    """Batch-1 decoding's upper bound, in tokens/s: if a decode step did nothing but multiply one vector, shape
+    `(1, in_features)`, by each weight matrix of `model` (every `nn.Linear`, the LM head included), as every step must.
+    Raises `ValueError` for a model without `nn.Linear` layers."""
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if not linears: raise ValueError(f"matvec_floor: {type(model).__name__} has no nn.Linear layers to time")
     p = next(model.parameters())
     xs = [torch.randn(1, m.in_features, device=p.device, dtype=p.dtype) for m in linears]
     best = float("inf")
