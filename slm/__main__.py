@@ -245,7 +245,7 @@ def cmd_compare(args) -> int:
 
 # %% ../nbs/cli.ipynb #92b58456
 def cmd_bench(args) -> int:
-    "`slm bench [CONFIG]`: print the JSON report of chapter 07's `run_bench` (training tokens/s and MFU per dtype, generation, tokenizer, `targets_met`); with `--sweep` its `bench_sweep` (cost as context length and d_model grow), with `--ingest` chapter 01's `ingest_benchmark` (token-cache build speed and peak memory for 50 MB, 200 MB and 1 GB corpora)."
+    "`slm bench [CONFIG]`: print the JSON report of chapter 07's `run_bench` (training tokens/s and MFU per dtype, eager and through torch.compile, generation, tokenizer, `targets_met`); with `--sweep` its `bench_sweep` (cost as context length and d_model grow), with `--ingest` chapter 01's `ingest_benchmark` (token-cache build speed and peak memory for 50 MB, 200 MB and 1 GB corpora)."
     import torch
     if args.threads: torch.set_num_threads(args.threads)
     if args.ingest:
@@ -258,7 +258,8 @@ def cmd_bench(args) -> int:
         print(json.dumps(bench_sweep(cfg, steps=args.steps), indent=1))
         return 0
     dtypes = ["float32", "bfloat16"] if args.dtype == "both" else [args.dtype]
-    report = run_bench(cfg, dtypes, args.steps, [] if args.skip_generation else args.gen_batch)
+    modes = {"no": (False,), "yes": (True,), "both": (False, True)}[args.compile]
+    report = run_bench(cfg, dtypes, args.steps, [] if args.skip_generation else args.gen_batch, compile_modes=modes)
     report["config"] = str(args.config or "defaults (baseline)")
     print(json.dumps(report, indent=1))
     return 0
@@ -365,6 +366,8 @@ def _add_inspect_commands(sub):
     b.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
     b.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both",
                    help="training precision(s) to time (default: both; bfloat16 = autocast)")
+    b.add_argument("--compile", choices=["no", "yes", "both"], default="both",
+                   help="time training eager, through torch.compile, or both (default: both)")
     b.add_argument("--gen-batch", type=_positive_ints, default=[1, 8], metavar="N[,N...]",
                    help="generation batch sizes to time (default: 1,8)")
     b.add_argument("--skip-generation", action="store_true", help="skip the generation timing")

@@ -460,18 +460,21 @@ def matmul_peak_gflops(n: int = 1024, dtype=torch.float32, seconds: float = 2.0,
         best = max(best, 5 * 2 * n ** 3 / (time.perf_counter() - t0))
     return best / 1e9
 
-def bench_training(cfg: TrainingConfig, steps: int = 10, warmup: int = 3, dtype: str | None = None) -> dict:
-    """Time `steps` optimizer updates (after `warmup` untimed ones) of `cfg`'s model on its corpus, in `dtype` (default
-    `cfg.other.dtype`). Each step is timed on its own and the *median* counts, so one step slowed by another process does
-    not move the figure. Returns tokens/s, seconds/step and achieved GFLOP/s (`flops_per_token` × tokens/s)."""
+def bench_training(cfg: TrainingConfig, steps: int = 10, warmup: int = 3, dtype: str | None = None,
+                   compile: bool | None = None) -> dict:
+    """Time `steps` optimizer updates (after `warmup` untimed ones, which include any compilation) of `cfg`'s model on
+    its corpus, in `dtype` (default `cfg.other.dtype`), through `torch.compile` if `compile` (default `cfg.other.compile`).
+    Each step is timed on its own and the *median* counts, so one step slowed by another process does not move the
+    figure. Returns tokens/s, seconds/step and achieved GFLOP/s (`flops_per_token` × tokens/s)."""
     dtype = dtype or cfg.other.dtype
+    compile = cfg.other.compile if compile is None else compile
     torch.manual_seed(cfg.other.seed)
     device, tc, T = pick_device(cfg.other.device), cfg.training, cfg.model.context_length
     splits = load_corpus(cfg.data.source, T, cfg.data.val_fraction, cfg.data.fold_unicode, cache=cfg.data.cache_dir)
     model = GPT(cfg.model).to(device).train()
     opt = make_optimizer(model, tc)
     batches = RandomWindows(splits.train, T, tc.batch_size, seed=cfg.other.seed)
-    amp, fmodel = autocast_context(device, dtype), torch.compile(model) if cfg.other.compile else model
+    amp, fmodel = autocast_context(device, dtype), torch.compile(model) if compile else model
     def step():
         t0 = time.perf_counter()
         train_step(fmodel, opt, batches, tc.grad_accum_steps, tc.lr, tc.grad_clip, amp); _sync(device)
@@ -479,7 +482,8 @@ def bench_training(cfg: TrainingConfig, steps: int = 10, warmup: int = 3, dtype:
     for _ in range(warmup): step()
     dt = statistics.median(step() for _ in range(steps))
     tokens = tc.batch_size * tc.grad_accum_steps * T
-    return {"dtype": dtype, "tokens_per_s": tokens / dt, "s_per_step": dt, "gflops": model.flops_per_token() * tokens / dt / 1e9}
+    return {"dtype": dtype, "compile": compile, "tokens_per_s": tokens / dt, "s_per_step": dt,
+            "gflops": model.flops_per_token() * tokens / dt / 1e9}
 
 def matvec_floor(model: torch.nn.Module, # the model whose weight matrices are read (on its own device and dtype)
                  repeats: int = 30,        # timed passes; the fastest counts
@@ -528,8 +532,11 @@ def run_bench(cfg: TrainingConfig,                 # the model and batch to time
               steps: int = 10,                     # timed training steps per dtype
               gen_batches=(1, 8),                  # generation batch sizes to time (empty: no generation)
               tokenizer: bool = True,
+              compile_modes=(False, True),         # time training eager (False), through torch.compile (True), or both
              ) -> dict:
-    "The `slm bench` report as a dict: versions, the model, matmul peaks per dtype, training (tokens/s, MFU against the peak of its own dtype), generation with and without the KV cache, tokenizer MB/s, and `targets_met`."
+    """The `slm bench` report as a dict: versions, the model, matmul peaks per dtype, training per dtype and compile
+    mode (key `"float32"`, `"float32+compile"`, …: tokens/s, MFU against the peak of its own dtype), generation with
+    and without the KV cache, tokenizer MB/s, and `targets_met` (one entry per training row, one for batch-1 generation)."""
     device = pick_device(cfg.other.device)
     model = GPT(cfg.model)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
@@ -538,10 +545,12 @@ def run_bench(cfg: TrainingConfig,                 # the model and batch to time
            "matmul_peak_gflops": {d: matmul_peak_gflops(dtype=getattr(torch, d), device=device) for d in dtypes}, "training": {}}
     targets = {}
     for d in dtypes:
-        tr = bench_training(cfg, steps=steps, dtype=d)
-        tr["mfu"] = tr["gflops"] / out["matmul_peak_gflops"][d]
-        out["training"][d] = tr
-        targets[f"training {d}: mfu >= {BENCH_TARGETS['training_mfu']}"] = tr["mfu"] >= BENCH_TARGETS["training_mfu"]
+        for c in compile_modes:
+            tr = bench_training(cfg, steps=steps, dtype=d, compile=c)
+            tr["mfu"] = tr["gflops"] / out["matmul_peak_gflops"][d]
+            key = d + ("+compile" if c else "")
+            out["training"][key] = tr
+            targets[f"training {key}: mfu >= {BENCH_TARGETS['training_mfu']}"] = tr["mfu"] >= BENCH_TARGETS["training_mfu"]
     if gen_batches:
         out["generation"] = {"new_tokens": 256}
         for bs in gen_batches: out["generation"][f"batch_{bs}"] = bench_generation(cfg, 256, batch_size=bs)

@@ -29,6 +29,7 @@ VAL_TOKENS = 249_354          # the built-in corpus's validation split (chapter 
 # cannot change the cost of a step (schedule, learning rate) reuse the last kept row's time per step, so that
 # their number of steps is not moved by the noise of a short timing.
 COST_NEUTRAL = {"training.lr_schedule", "training.lr"}
+REFERENCE = "the narrow model again, on a second machine: the reference for the rows below"
 VARIANTS = [
     ("fast.yaml as it is (cosine, AdamW, learned positions, LayerNorm, biases, bfloat16)", {}),
     ("warmup-stable-decay schedule instead of cosine", {"training.lr_schedule": "wsd"}),
@@ -45,6 +46,10 @@ VARIANTS = [
     ("deeper: 6 layers instead of 4", {"model.n_layers": 6}),
     ("narrower still: d_model 96, 4 heads, d_ff 384", {"model.d_model": 96, "model.n_heads": 4, "model.d_ff": 384}),
     ("untied embeddings again, on the narrow model", {"model.tie_weights": False}),
+    # rows 15 on ran on a second machine (twice the bfloat16 matmul peak; each row records its machine's peaks):
+    # the narrow model is measured again there, as the reference for the rows after it
+    (REFERENCE, {}),
+    ("torch.compile again, on the narrow model", {"other.compile": True}),
 ]
 
 
@@ -62,6 +67,14 @@ def seconds_per_step(config: Path, overrides: dict) -> float:
     ov = [f"{k}={json.dumps(v) if isinstance(v, (bool, type(None))) else v}" for k, v in overrides.items()]
     r = subprocess.run([str(BIN / "python"), "-c", code, str(config), json.dumps(ov)], capture_output=True, text=True, check=True)
     return float(r.stdout.strip().splitlines()[-1])
+
+
+def machine_peaks() -> dict:
+    "This machine's float32 and bfloat16 matmul peaks in GFLOP/s (chapter 07), recorded with each row: rows are comparable on one machine only."
+    code = ("import json, torch; from slm.evaluation import matmul_peak_gflops;"
+            "print(json.dumps({d: round(matmul_peak_gflops(dtype=getattr(torch, d))) for d in ('float32', 'bfloat16')}))")
+    r = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, check=True)
+    return {"matmul_peak_gflops": json.loads(r.stdout.strip().splitlines()[-1])}
 
 
 def train_and_score(config: Path, overrides: dict, runs: Path, name: str) -> dict:
@@ -83,6 +96,7 @@ def ablate(budget: float, out: Path, only: list[int] | None):
     runs = Path(tempfile.mkdtemp(prefix="slm-speedrun-"))
     rows = json.loads(out.read_text()) if out.exists() else []
     order = [c for c, _ in VARIANTS]
+    machine = machine_peaks()
     for i, (change, ov) in enumerate(VARIANTS):
         if only and i not in only: continue
         before = [r for r in rows if order.index(r["change"]) < i]          # rows measured earlier in the sequence
@@ -90,7 +104,7 @@ def ablate(budget: float, out: Path, only: list[int] | None):
         trial = {**(last_kept["overrides"] if last_kept else {}), **ov}
         # the faster of two timings: another process slows a timing down, never speeds it up (one slow timing
         # once cut a row to 60 % of its budget)
-        sps = last_kept["s_per_step"] if last_kept and set(ov) <= COST_NEUTRAL else min(seconds_per_step(BASE, trial) for _ in range(2))
+        sps = last_kept["s_per_step"] if last_kept and ov and set(ov) <= COST_NEUTRAL else min(seconds_per_step(BASE, trial) for _ in range(2))
         bt = trial.get("training.batch_size", 32) * 128
         eval_s = VAL_TOKENS / bt * sps / 3                       # a forward pass costs about a third of a training step
         steps = int((budget - 10 - 3 * eval_s) / sps)
@@ -98,7 +112,8 @@ def ablate(budget: float, out: Path, only: list[int] | None):
                   "eval.eval_interval": max(1, steps // 2), "checkpoint.interval": steps, "eval.eval_batches": None}
         res = train_and_score(BASE, ov_run, runs, f"row{i}")
         row = {"change": change, "overrides": trial, "s_per_step": round(sps, 4), **res}
-        row["kept"] = last_kept is None or row["val_loss"] < last_kept["val_loss"]
+        row["machine"] = machine
+        row["kept"] = last_kept is None or change == REFERENCE or row["val_loss"] < last_kept["val_loss"]
         rows = sorted([r for r in rows if r["change"] != change] + [row], key=lambda r: order.index(r["change"]))
         out.write_text(json.dumps(rows, indent=1) + "\n")
         print(json.dumps(row), flush=True)

@@ -250,13 +250,15 @@ def test_train_usage_errors(tmp_path):
 
 
 def test_bench_prints_json_figures():
-    r = run("bench", ROOT / "configs" / "tiny.yaml", "--steps", "2", "--gen-batch", "1,2")
+    r = run("bench", ROOT / "configs" / "tiny.yaml", "--steps", "2", "--gen-batch", "1,2", "--compile", "no")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out["matmul_peak_gflops"]) == {"float32", "bfloat16"} and out["matmul_peak_gflops"]["float32"] > 0
+    assert sorted(out["training"]) == ["bfloat16", "float32"]
     for d in ("float32", "bfloat16"):
         tr = out["training"][d]
-        assert tr["dtype"] == d and tr["tokens_per_s"] > 0 and tr["mfu"] == tr["gflops"] / out["matmul_peak_gflops"][d]
+        assert tr["dtype"] == d and tr["compile"] is False and tr["tokens_per_s"] > 0
+        assert tr["mfu"] == tr["gflops"] / out["matmul_peak_gflops"][d]
         assert abs(tr["gflops"] - out["model"]["flops_per_token"] * tr["tokens_per_s"] / 1e9) < 1e-6 * tr["gflops"]
     gen = out["generation"]
     assert gen["new_tokens"] == 256 and [gen[k]["batch_size"] for k in ("batch_1", "batch_2")] == [1, 2]
@@ -266,6 +268,16 @@ def test_bench_prints_json_figures():
     assert "matvec_floor_tokens_per_s" not in gen["batch_2"]
     assert out["tokenizer"]["encode_MB_per_s"] > 0
     assert len(out["targets_met"]) == 3 and all(isinstance(v, bool) for v in out["targets_met"].values())
+
+
+def test_bench_times_the_compiled_step_against_its_dtype_peak():
+    r = run("bench", ROOT / "configs" / "tiny.yaml", "--steps", "2", "--dtype", "float32", "--compile", "yes", "--skip-generation")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    (tr,) = out["training"].values()
+    assert list(out["training"]) == ["float32+compile"] and tr["compile"] is True and tr["dtype"] == "float32"
+    assert tr["mfu"] == tr["gflops"] / out["matmul_peak_gflops"]["float32"] and tr["tokens_per_s"] > 0
+    assert list(out["targets_met"]) == ["training float32+compile: mfu >= 0.65"]
 
 
 def test_bench_ingest_prints_build_speed_and_memory():
