@@ -92,6 +92,10 @@ class TrainConfig(_Section):
     batch_size: int = _f(16, "sequences per micro-batch", ">= 1", ge=1)
     grad_accum_steps: int = _f(1, "micro-batches accumulated per optimizer step (effective batch = batch_size * this)", ">= 1", ge=1)
     max_steps: int = _f(5000, "optimizer steps to train for", ">= 1", ge=1)
+    time_budget_s: float | None = _f(
+        None, "also stop once the run has taken this many seconds of wall time (evaluations and checkpoints included); the "
+        "schedule then follows the larger of the share of max_steps and the share of this budget used (null = steps only)",
+        "> 0 or null", gt=0)
     optimizer: Literal["adamw", "adam", "sgd", "muon"] = _f(
         "adamw", "the update rule: AdamW, Adam with L2 decay in the gradient, SGD with momentum, or Muon for hidden "
         "weight matrices with AdamW for the rest (chapter 05)", "adamw | adam | sgd | muon")

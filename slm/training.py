@@ -175,18 +175,20 @@ def make_optimizer(model: nn.Module, tc) -> torch.optim.Optimizer:
     return OPTIMIZERS[tc.optimizer](param_groups(model, tc.weight_decay), tc)
 
 # %% ../nbs/05_training.ipynb #63f84f46
-def lr_at(step: int, # the optimizer update, 1 = the first one; beyond max_steps the last value holds
-          tc,        # `cfg.training`: lr, lr_schedule, warmup_steps, max_steps, min_lr_ratio, decay_fraction
-         ) -> float:  # the learning rate for that update
-    "Learning rate of update `step`: linear warmup to `lr` over `warmup_steps`, then constant, cosine decay, or stable then linear decay (wsd) to `min_lr_ratio·lr` at `max_steps` (decision D9; Loshchilov & Hutter 2017; Hägele et al. 2024)."
+def lr_at(step: int,                # the optimizer update, 1 = the first one; beyond max_steps the last value holds
+          tc,                       # `cfg.training`: lr, lr_schedule, warmup_steps, max_steps, min_lr_ratio, decay_fraction
+          time_fraction: float = 0.0, # share of `time_budget_s` used so far (0 without a budget); the schedule follows it where it is ahead of the steps
+         ) -> float:                # the learning rate for that update
+    """Learning rate of update `step`: linear warmup to `lr` over `warmup_steps`, then constant, cosine decay, or stable
+    then linear decay (wsd) to `min_lr_ratio·lr` at the end of training: at `max_steps`, or when `time_fraction` reaches 1
+    if that comes first (decision D9; Loshchilov & Hutter 2017; Hägele et al. 2024)."""
     if tc.warmup_steps and step <= tc.warmup_steps: return tc.lr * step / tc.warmup_steps
     if tc.lr_schedule == "constant": return tc.lr
     lo = tc.min_lr_ratio * tc.lr
+    progress = min(1.0, max(0.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps), time_fraction))  # 0 → 1 after warmup
     if tc.lr_schedule == "wsd":
-        decay_start = tc.max_steps - tc.decay_fraction * (tc.max_steps - tc.warmup_steps)
-        if step <= decay_start: return tc.lr
-        return tc.lr + (lo - tc.lr) * min(1.0, (step - decay_start) / max(1e-9, tc.max_steps - decay_start))
-    progress = min(1.0, max(0.0, (step - tc.warmup_steps) / max(1, tc.max_steps - tc.warmup_steps)))
+        stable = 1 - tc.decay_fraction                       # the share of the post-warmup steps at full lr
+        return tc.lr if progress <= stable else tc.lr + (lo - tc.lr) * (progress - stable) / tc.decay_fraction
     return lo + 0.5 * (tc.lr - lo) * (1 + math.cos(math.pi * progress))
 
 # %% ../nbs/05_training.ipynb #905ba1ab
@@ -638,12 +640,17 @@ class DistContext:
         "DDP's `no_sync` context factory (skip the all-reduce for every micro-batch but the last), or None in one process."
         return getattr(fmodel, "no_sync", None) if self.world > 1 else None
 
-    def agree(self, loss: float, stop: bool) -> tuple[float, bool]:
-        "The mean training loss over the processes, and whether any of them must stop (one all-reduce of two numbers), so that every process takes the same decisions. Unchanged in one process."
-        if self.world == 1: return loss, stop
-        t = torch.tensor([loss, float(stop)], dtype=torch.float64, device=self.device_ if self.device_.type == "cuda" else "cpu")
+    def agree(self, loss: float, stop: bool, elapsed: float = 0.0) -> tuple[float, bool, float]:
+        """The mean training loss over the processes, whether any of them must stop, and the longest wall time so far in
+        seconds (two all-reduces of small tensors), so that every process takes the same decisions: the same learning
+        rate under a time budget, the same last step. Unchanged in one process."""
+        if self.world == 1: return loss, stop, elapsed
+        dev = self.device_ if self.device_.type == "cuda" else "cpu"
+        t = torch.tensor([loss, float(stop)], dtype=torch.float64, device=dev)
         torch.distributed.all_reduce(t)
-        return float(t[0]) / self.world, bool(t[1] > 0)
+        e = torch.tensor([elapsed], dtype=torch.float64, device=dev)
+        torch.distributed.all_reduce(e, op=torch.distributed.ReduceOp.MAX)
+        return float(t[0]) / self.world, bool(t[1] > 0), float(e[0])
 
     def on_rank0(self, fn: Callable, share: bool = True):
         "Run `fn()` on rank 0 only; its result (`share=True`) or the exception it raised reaches every process, so all of them raise the same error instead of waiting for ever."
@@ -1013,38 +1020,44 @@ def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; i
           callbacks=(),                       # extra `Callback`s for this run, after the registered ones
          ) -> RunResult:
     """Train a `GPT` as `cfg` says, writing everything to a run folder. With `resume`, continue that run from its newest
-    valid checkpoint with its own `config.yaml`; the result equals an uninterrupted run (bitwise on CPU in float32).
-    `max_steps` below `cfg.training.max_steps` is a pause: a checkpoint is written and the schedule still spans
-    `cfg.training.max_steps`. Under `torchrun` it trains one model on every process (section 16). Raises
+    valid checkpoint with its own `config.yaml`; the result equals an uninterrupted run (bitwise on CPU in float32;
+    not with `training.time_budget_s`, whose schedule follows the clock). `max_steps` below `cfg.training.max_steps` is
+    a pause: a checkpoint is written and the schedule still spans `cfg.training.max_steps`. A run with
+    `training.time_budget_s` also finishes (exact evaluation, checkpoint) at the first step that ends after that many
+    seconds of the run's wall time, all segments together. Under `torchrun` it trains one model on every process (section 16). Raises
     `TrainingInterrupted` on Ctrl-C or SIGTERM (after saving a checkpoint), `ConfigError`, `CorpusError` or
     `CheckpointError` for bad input, `FloatingPointError` if the loss becomes NaN/inf and no rollback is possible."""
     dist = distributed_context()
     run = open_run(cfg, resume, (lambda s: None) if quiet or dist.rank else print, callbacks, dist)
     tc, ec, cc = run.cfg.training, run.cfg.eval, run.cfg.checkpoint
     end, start, stop = tc.max_steps if max_steps is None else max_steps, run.step, None
+    budget, clock = tc.time_budget_s, run.elapsed0        # clock: the run's wall time as every process agrees on it
+    out_of_time = lambda: budget is not None and clock >= budget
     _open_progress(run, end, progress and not quiet)
     try:
         with StopOnSignal(run.say) as stop:
             for cb in run.callbacks: cb.on_train_begin(run)
             if run.step == 0: _first_eval(run)
-            while run.step < end:
+            while run.step < end and not out_of_time():
                 step = run.step + 1
-                lr = lr_at(step, tc)
+                lr = lr_at(step, tc, clock / budget if budget else 0.0)
                 for cb in run.callbacks: lr = cb.adjust_lr(step, lr)
                 t = time.perf_counter()
                 loss, grad_norm = train_step(run.fmodel, run.opt, run.batches, tc.grad_accum_steps, lr, tc.grad_clip, run.amp, run.hooks,
                                              dist.no_sync(run.fmodel))
-                loss, stop.requested = dist.agree(loss, stop.requested)   # data parallel: the mean loss, and stop if any process must
+                loss, stop.requested, clock = dist.agree(loss, stop.requested, run.elapsed())   # data parallel: the mean loss, stop if any must
                 if not math.isfinite(loss):
                     if can_rollback(run): rollback(run, step, f"training loss is {loss}"); continue
                     raise FloatingPointError(f"training loss is {loss} at step {step}; last checkpoint: {run.last_ckpt}")
                 count_step(run, step, loss, time.perf_counter() - t)
-                val = run_eval(run, step) if step % ec.eval_interval == 0 or (step == end and end >= tc.max_steps) else None
+                last = (step == end and end >= tc.max_steps) or out_of_time()   # the run's last step: an exact evaluation
+                if out_of_time(): run.say(f"step {step}: the time budget of {budget:g} s is used up ({clock:.0f} s)")
+                val = run_eval(run, step) if step % ec.eval_interval == 0 or last else None
                 for cb in run.callbacks: run.pending.update(cb.on_step_end(run, step) or {})
                 if step % ec.log_interval == 0 or val is not None or run.pending: log_metrics(run, step, lr, grad_norm, val)
                 if run.last_rec.get("step") == step and run.last_rec.get("spike") and can_rollback(run):
                     rollback(run, step, f"perplexity spike ({100 * run.last_rec['ppl_delta']:+.1f}% against its EMA)"); continue
-                if step % cc.interval == 0 or step == end or stop.requested: save_rolling(run, val)
+                if step % cc.interval == 0 or step == end or last or stop.requested: save_rolling(run, val)
                 if val is not None: report_eval(run, step, val)
                 if stop.requested: raise KeyboardInterrupt
     except KeyboardInterrupt:   # the first Ctrl-C saved a checkpoint at this step; a second one falls back to the last saved
@@ -1052,8 +1065,8 @@ def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; i
         raise TrainingInterrupted(run.dir, run.step, run.last_ckpt, getattr(stop, "signum", None) or signal.SIGINT, run.world) from None
     except BaseException:
         finish(run, "failed"); raise
-    if start >= end: run.say(f"{run.dir} is already at step {start}; nothing to do")
-    return finish(run, "finished" if run.step >= tc.max_steps else "paused")
+    if run.step == start: run.say(f"{run.dir} is already at step {start}{' and out of its time budget' if out_of_time() else ''}; nothing to do")
+    return finish(run, "finished" if run.step >= tc.max_steps or out_of_time() else "paused")
 
 def _first_eval(run: Run):
     "Step 0: the untrained model's validation loss (≈ ln vocab_size), logged and reported."

@@ -121,10 +121,10 @@ def ablate(budget: float, out: Path, only: list[int] | None):
 
 def final(config: Path, budget: float, seeds: list[int], out: Path):
     runs = Path(tempfile.mkdtemp(prefix="slm-speedrun-"))
-    rows = []
+    rows, machine = [], machine_peaks()
     for s in seeds:
         res = train_and_score(config, {"other.seed": s}, runs, f"seed{s}")
-        rows.append({"config": str(config.relative_to(ROOT)), "seed": s, "budget_s": budget, **res})
+        rows.append({"config": str(config.relative_to(ROOT)), "seed": s, "budget_s": budget, **res, "machine": machine})
         out.write_text(json.dumps(rows, indent=1) + "\n")
         print(json.dumps(rows[-1]), flush=True)
 

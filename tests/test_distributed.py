@@ -111,6 +111,28 @@ def test_resume_with_another_world_size_is_refused(world2, tmp_path):
                                              "2 process(es); resume it with the same number (now 1), e.g. torchrun --nproc_per_node=2"]
 
 
+def test_agree_gives_every_process_the_same_decisions(tmp_path):
+    "`DistContext.agree`: the mean loss, stop if any process must, and the longest clock, the same on every process (what keeps the learning rate and the last step of a time-budgeted run the same everywhere)."
+    script = tmp_path / "agree.py"
+    script.write_text("import os\nfrom slm.training import DistContext\n"
+                      "r = int(os.environ['RANK'])\nd = DistContext(r, int(os.environ['WORLD_SIZE']), r)\nd.setup('cpu')\n"
+                      "print('agreed', r, d.agree(1.0 + 2 * r, r == 1, 10.0 + 3 * r))\n")
+    p = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(script)], capture_output=True, text=True, timeout=120,
+                       env=env_for(tmp_path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert sorted(l for l in p.stdout.splitlines() if l.startswith("agreed")) == ["agreed 0 (2.0, True, 13.0)", "agreed 1 (2.0, True, 13.0)"]
+
+
+def test_a_time_budget_ends_a_data_parallel_run(tmp_path):
+    "Under `training.time_budget_s` a world of 2 stops together after the budget: finished, evaluated at its last step, said once."
+    r, run = train(tmp_path, "timed", "--set", "training.batch_size=4", "--set", "training.max_steps=100000", "--set", "training.time_budget_s=5",
+                   "--set", "training.lr_schedule=wsd", "--set", "eval.eval_interval=1000", "--set", "checkpoint.interval=1000", nproc=2)
+    m, recs = json.loads((run / "manifest.json").read_text()), read_jsonl(run / "metrics.jsonl")
+    assert m["status"] == "finished" and 8 < m["final_step"] < 100000
+    assert recs[-1]["step"] == m["final_step"] and recs[-1]["val_loss"] is not None and recs[-1]["elapsed_s"] >= 5
+    assert r.stdout.count("the time budget of 5 s is used up") == 1                   # said once, by rank 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -267,6 +267,21 @@ def test_resume_is_bitwise_identical(root, base):
     assert again.steps == 30 and losses(paused.run_dir) == losses(base.run_dir)
 
 
+def test_time_budget_ends_the_run_and_its_schedule(root):
+    "`training.time_budget_s`: the first step past the budget is the last (exact evaluation, checkpoint), wsd has decayed by then, and a resume has nothing to do."
+    r = run_quiet(make_cfg(root, "timed", training__max_steps=10**6, training__lr_schedule="wsd", training__time_budget_s=3.0,
+                           eval__eval_interval=10**6, checkpoint__interval=10**6))
+    recs = read_jsonl(r.run_dir / "metrics.jsonl")
+    assert json.loads((r.run_dir / "manifest.json").read_text())["status"] == "finished" and 10 < r.steps < 10**6
+    assert recs[-1]["step"] == r.steps and recs[-1]["val_loss"] is not None and recs[-1]["elapsed_s"] >= 3.0
+    assert [p.name for p in list_checkpoints(r.run_dir)] == [f"step-{r.steps:07d}.pt"]
+    lrs = [x["lr"] for x in recs if x["step"] > 5]                                     # after the warmup
+    assert max(lrs) == 3e-3 and lrs[-1] < 0.2 * 3e-3                                   # the peak, then down towards 3e-4
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    again = run_quiet(resume=r.run_dir)
+    assert again.steps == r.steps and read_jsonl(r.run_dir / "metrics.jsonl") == recs
+
+
 @pytest.mark.parametrize("how", ["truncated", "garbage", "flipped", "empty"])
 def test_corrupt_checkpoint_gives_one_line_error(tmp_path, base, how):
     good = (base.run_dir / "checkpoints" / "step-0000030.pt").read_bytes()
