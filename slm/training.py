@@ -1033,6 +1033,7 @@ def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; i
     end, start, stop = tc.max_steps if max_steps is None else max_steps, run.step, None
     budget, clock = tc.time_budget_s, run.elapsed0        # clock: the run's wall time as every process agrees on it
     out_of_time = lambda: budget is not None and clock >= budget
+    idle = start >= end or out_of_time()                  # nothing left to do (a resumed run that has finished)
     _open_progress(run, end, progress and not quiet)
     try:
         with StopOnSignal(run.say) as stop:
@@ -1065,7 +1066,7 @@ def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; i
         raise TrainingInterrupted(run.dir, run.step, run.last_ckpt, getattr(stop, "signum", None) or signal.SIGINT, run.world) from None
     except BaseException:
         finish(run, "failed"); raise
-    if run.step == start: run.say(f"{run.dir} is already at step {start}{' and out of its time budget' if out_of_time() else ''}; nothing to do")
+    if idle: run.say(f"{run.dir} is already at step {start}{' and out of its time budget' if out_of_time() else ''}; nothing to do")
     return finish(run, "finished" if run.step >= tc.max_steps or out_of_time() else "paused")
 
 def _first_eval(run: Run):
