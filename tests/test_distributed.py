@@ -114,13 +114,13 @@ def test_resume_with_another_world_size_is_refused(world2, tmp_path):
 def test_agree_gives_every_process_the_same_decisions(tmp_path):
     "`DistContext.agree`: the mean loss, stop if any process must, and the longest clock, the same on every process (what keeps the learning rate and the last step of a time-budgeted run the same everywhere)."
     script = tmp_path / "agree.py"
-    script.write_text("import os\nfrom slm.training import DistContext\n"
-                      "r = int(os.environ['RANK'])\nd = DistContext(r, int(os.environ['WORLD_SIZE']), r)\nd.setup('cpu')\n"
-                      "print('agreed', r, d.agree(1.0 + 2 * r, r == 1, 10.0 + 3 * r))\n")
-    p = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(script)], capture_output=True, text=True, timeout=120,
-                       env=env_for(tmp_path))
+    script.write_text("import os, sys\nfrom pathlib import Path\nfrom slm.training import DistContext\n"     # one file per rank:
+                      "r = int(os.environ['RANK'])\nd = DistContext(r, int(os.environ['WORLD_SIZE']), r)\nd.setup('cpu')\n"  # their stdout interleaves
+                      "Path(sys.argv[1], f'rank{r}.txt').write_text(repr(d.agree(1.0 + 2 * r, r == 1, 10.0 + 3 * r)))\n")
+    p = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)], capture_output=True, text=True,
+                       timeout=120, env=env_for(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:]
-    assert sorted(l for l in p.stdout.splitlines() if l.startswith("agreed")) == ["agreed 0 (2.0, True, 13.0)", "agreed 1 (2.0, True, 13.0)"]
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == ["(2.0, True, 13.0)"] * 2
 
 
 def test_a_time_budget_ends_a_data_parallel_run(tmp_path):
