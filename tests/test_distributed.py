@@ -116,7 +116,8 @@ def test_agree_gives_every_process_the_same_decisions(tmp_path):
     script = tmp_path / "agree.py"
     script.write_text("import os, sys\nfrom pathlib import Path\nfrom slm.training import DistContext\n"     # one file per rank:
                       "r = int(os.environ['RANK'])\nd = DistContext(r, int(os.environ['WORLD_SIZE']), r)\nd.setup('cpu')\n"  # their stdout interleaves
-                      "Path(sys.argv[1], f'rank{r}.txt').write_text(repr(d.agree(1.0 + 2 * r, r == 1, 10.0 + 3 * r)))\n")
+                      "Path(sys.argv[1], f'rank{r}.txt').write_text(repr(d.agree(1.0 + 2 * r, r == 1, 10.0 + 3 * r)))\n"
+                      "import torch.distributed as td\ntd.barrier(); td.destroy_process_group()\n")   # a clean exit: without it gloo sometimes aborts the process at exit
     p = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)], capture_output=True, text=True,
                        timeout=120, env=env_for(tmp_path))
     assert p.returncode == 0, p.stderr[-3000:]
