@@ -177,7 +177,9 @@ class OtherConfig(_Section):
     "Other: seeds, device, precision and run naming (decision D13)."
     seed: int = _f(1337, "global random seed for Python, NumPy and torch", "0 <= x < 2**32", ge=0, lt=2**32)
     device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "where to train (auto = cuda, else mps, else cpu)", "auto | cpu | cuda | mps")
-    dtype: Literal["float32", "bfloat16"] = _f("float32", "compute precision (bfloat16 = autocast, weights stay float32)", "float32 | bfloat16")
+    dtype: Literal["float32", "bfloat16", "auto"] = _f(
+        "float32", "compute precision (bfloat16 = autocast, weights stay float32; auto = bfloat16 where the device has bfloat16 matmul kernels, else float32)",
+        "float32 | bfloat16 | auto")
     compile: bool = _f(False, "run the model through torch.compile (inductor); the first steps wait for the compilation", "true | false")
     num_threads: int | None = _f(None, "torch CPU threads (null = torch's default)", ">= 1 or null", ge=1)
     run_name: str | None = _f(None, "name of the run's folder (null = generated from the time and the config hash)",

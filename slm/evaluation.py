@@ -28,8 +28,8 @@ from .data import CorpusError, RandomWindows, load_corpus, read_corpus, shakespe
 from .generation import generation_speed
 from .model import GPT, LN2, bits_per_char, eval_mode, perplexity
 from .tokenizer import CharTokenizer, atomic_write
-from .training import (CheckpointError, autocast_context, find_checkpoint, load_run, make_optimizer, pick_device, read_jsonl,
-                          train_step)
+from .training import (CheckpointError, autocast_context, find_checkpoint, has_fast_bfloat16, load_run, make_optimizer,
+                          pick_device, read_jsonl, resolve_dtype, train_step)
 
 # %% auto #0
 __all__ = ['NOT_COMPARED', 'WORD', 'BENCH_TARGETS', 'window_plan', 'TokenScores', 'score_tokens', 'loss_by_position',
@@ -466,10 +466,10 @@ def bench_training(cfg: TrainingConfig, steps: int = 10, warmup: int = 3, dtype:
     its corpus, in `dtype` (default `cfg.other.dtype`), through `torch.compile` if `compile` (default `cfg.other.compile`).
     Each step is timed on its own and the *median* counts, so one step slowed by another process does not move the
     figure. Returns tokens/s, seconds/step and achieved GFLOP/s (`flops_per_token` × tokens/s)."""
-    dtype = dtype or cfg.other.dtype
     compile = cfg.other.compile if compile is None else compile
     torch.manual_seed(cfg.other.seed)
     device, tc, T = pick_device(cfg.other.device), cfg.training, cfg.model.context_length
+    dtype = resolve_dtype(dtype or cfg.other.dtype, device)
     splits = load_corpus(cfg.data.source, T, cfg.data.val_fraction, cfg.data.fold_unicode, cache=cfg.data.cache_dir)
     model = GPT(cfg.model).to(device).train()
     opt = make_optimizer(model, tc)
@@ -536,7 +536,9 @@ def run_bench(cfg: TrainingConfig,                 # the model and batch to time
              ) -> dict:
     """The `slm bench` report as a dict: versions, the model, matmul peaks per dtype, training per dtype and compile
     mode (key `"float32"`, `"float32+compile"`, …: tokens/s, MFU against the peak of its own dtype), generation with
-    and without the KV cache, tokenizer MB/s, and `targets_met` (one entry per training row, one for batch-1 generation)."""
+    and without the KV cache, tokenizer MB/s, and `targets_met` (one entry per training row, one for batch-1 generation).
+    bfloat16 training on a device without bfloat16 matmul kernels (`has_fast_bfloat16`; an AVX2-only CPU) is not timed:
+    its rows say `skipped` and why, and have no target (its peak is still measured, and shows the reason)."""
     device = pick_device(cfg.other.device)
     model = GPT(cfg.model)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
@@ -546,9 +548,13 @@ def run_bench(cfg: TrainingConfig,                 # the model and batch to time
     targets = {}
     for d in dtypes:
         for c in compile_modes:
+            key = d + ("+compile" if c else "")
+            if d == "bfloat16" and not has_fast_bfloat16(device):   # emulated: minutes per step at the default config (decision D25)
+                out["training"][key] = {"dtype": d, "compile": c, "skipped": f"no bfloat16 matmul kernels on this {device.type} "
+                                        f"(matmul peak {out['matmul_peak_gflops'][d]:.1f} GFLOP/s)"}
+                continue
             tr = bench_training(cfg, steps=steps, dtype=d, compile=c)
             tr["mfu"] = tr["gflops"] / out["matmul_peak_gflops"][d]
-            key = d + ("+compile" if c else "")
             out["training"][key] = tr
             targets[f"training {key}: mfu >= {BENCH_TARGETS['training_mfu']}"] = tr["mfu"] >= BENCH_TARGETS["training_mfu"]
     if gen_batches:

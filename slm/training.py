@@ -37,13 +37,14 @@ from .tokenizer import TOKENIZERS, CharTokenizer, Tokenizer, atomic_write, folde
 # %% auto #0
 __all__ = ['NS_COEFFICIENTS', 'OPTIMIZERS', 'CHECKPOINT_FORMAT', 'CALLBACKS', 'param_groups', 'newton_schulz', 'muon_lr_factor',
            'Muon', 'muon_groups', 'make_optimizer', 'lr_at', 'accumulate_gradients', 'train_step', 'evaluate',
-           'pick_device', 'autocast_context', 'seed_everything', 'training_memory_gb', 'available_memory_gb',
-           'check_memory', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'rng_state', 'set_rng_state',
-           'git_info', 'read_jsonl', 'list_checkpoints', 'RunFolder', 'newest_valid', 'find_checkpoint',
-           'plot_loss_curve', 'save_loss_curve', 'SpikeDetector', 'TrainingInterrupted', 'StopOnSignal', 'Callback',
-           'register_callback', 'LRSpike', 'DistContext', 'distributed_context', 'Meter', 'Run', 'checkpoint_state',
-           'restore_state', 'open_run', 'count_step', 'log_metrics', 'save_rolling', 'report_eval', 'run_eval',
-           'can_rollback', 'rollback', 'world_barrier', 'RunResult', 'finish', 'train', 'load_run']
+           'pick_device', 'autocast_context', 'has_fast_bfloat16', 'resolve_dtype', 'seed_everything',
+           'training_memory_gb', 'available_memory_gb', 'check_memory', 'CheckpointError', 'save_checkpoint',
+           'load_checkpoint', 'rng_state', 'set_rng_state', 'git_info', 'read_jsonl', 'list_checkpoints', 'RunFolder',
+           'newest_valid', 'find_checkpoint', 'plot_loss_curve', 'save_loss_curve', 'SpikeDetector',
+           'TrainingInterrupted', 'StopOnSignal', 'Callback', 'register_callback', 'LRSpike', 'DistContext',
+           'distributed_context', 'Meter', 'Run', 'checkpoint_state', 'restore_state', 'open_run', 'count_step',
+           'log_metrics', 'save_rolling', 'report_eval', 'run_eval', 'can_rollback', 'rollback', 'world_barrier',
+           'RunResult', 'finish', 'train', 'load_run']
 
 # %% ../nbs/05_training.ipynb #0bf734bb
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -271,6 +272,20 @@ def autocast_context(device: torch.device, dtype: str = "float32") -> Callable |
     if dtype == "float32": return None
     if dtype == "bfloat16": return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     raise ConfigError(f"unknown dtype {dtype!r}; expected float32 or bfloat16", "other.dtype")
+
+def has_fast_bfloat16(device: torch.device) -> bool:
+    """True where `device` has bfloat16 matrix-multiply kernels: a CUDA GPU that supports bfloat16, or a CPU on which
+    oneDNN's bfloat16 path runs (AVX-512 or newer, the check PyTorch itself makes: `torch.ops.mkldnn._is_mkldnn_bf16_supported`).
+    False elsewhere (an AVX2-only CPU, where bfloat16 matmuls are emulated, decision D25; MPS)."""
+    if device.type == "cuda": return torch.cuda.is_bf16_supported()
+    if device.type == "cpu": return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    "The precision a run computes in: `other.dtype` as given, with `'auto'` → `'bfloat16'` where `has_fast_bfloat16(device)`, else `'float32'`. Raises `ConfigError` (key `other.dtype`) for another value."
+    if dtype == "auto": return "bfloat16" if has_fast_bfloat16(device) else "float32"
+    if dtype not in ("float32", "bfloat16"): raise ConfigError(f"unknown dtype {dtype!r}; expected float32, bfloat16 or auto", "other.dtype")
+    return dtype
 
 def seed_everything(seed: int):
     "Seed Python's `random`, NumPy's global generator and torch (CPU and every GPU) with `seed` (decision D13)."
@@ -796,6 +811,11 @@ def _build(cfg: TrainingConfig, tok: Tokenizer, say: Callable, callbacks, dist: 
     if tok.vocab_size > m.vocab_size:
         raise ConfigError(f"{m.vocab_size} is smaller than the tokenizer's vocabulary ({tok.vocab_size} ids)", "model.vocab_size")
     check_memory(cfg, device)                            # before the corpus is read or the model allocated
+    dtype = resolve_dtype(o.dtype, device)
+    if o.dtype == "auto": say(f"other.dtype auto: {dtype} on this {device.type}")
+    elif dtype == "bfloat16" and not has_fast_bfloat16(device):
+        warnings.warn(f"other.dtype=bfloat16, but this {device.type} has no bfloat16 matmul kernels: they are emulated, "
+                      "about 100x slower than float32 (decision D25); use other.dtype=auto or float32", stacklevel=4)
     seed_everything(o.seed)
     splits = load_corpus(d.source, m.context_length, d.val_fraction, d.fold_unicode, tokenizer=tok, cache=d.cache_dir,
                          max_unk_rate=d.max_unk_rate)
@@ -809,7 +829,7 @@ def _build(cfg: TrainingConfig, tok: Tokenizer, say: Callable, callbacks, dist: 
     batches = RandomWindows(splits.train, m.context_length, cfg.training.batch_size, seed=o.seed, rank=rank, world=dist.world,
                            pin_memory=device.type == "cuda")
     tc = cfg.training
-    return Run(cfg, None, "", device, autocast_context(device, o.dtype), tok, model, fmodel, opt, hooks, batches, splits.val,
+    return Run(cfg, None, "", device, autocast_context(device, dtype), tok, model, fmodel, opt, hooks, batches, splits.val,
                len(splits.train), list(callbacks), say, dist, health=SpikeDetector(tc.spike_threshold, tc.spike_ema_decay))
 
 def _manifest(run: Run) -> dict:
@@ -818,7 +838,7 @@ def _manifest(run: Run) -> dict:
     return {"run_id": run.run_id, **{f"git_{k}": v for k, v in git_info().items()}, "config_hash": config_hash(c),
             "hook_list": run.hooks.hook_list, "start_time": _now(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__, "slm": slm.__version__},
-            "device": str(run.device), "dtype": c.other.dtype, "compile": c.other.compile, "world_size": run.world,
+            "device": str(run.device), "dtype": resolve_dtype(c.other.dtype, run.device), "compile": c.other.compile, "world_size": run.world,
             "global_batch": c.training.batch_size * c.training.grad_accum_steps * run.world,
             "n_params": run.model.num_params(), "flops_per_token": run.model.flops_per_token(),
             "tokens_per_step": run.tokens_per_step, "corpus": {"source": c.data.source, "train_tokens": run.n_train,

@@ -88,7 +88,8 @@ def train_and_score(config: Path, overrides: dict, runs: Path, name: str) -> dic
     ev = json.loads(subprocess.run([str(BIN / "slm"), "evaluate", str(run_dir), "--json"], capture_output=True, text=True, check=True).stdout)
     metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     tps = [m["tokens_per_s"] for m in metrics if m.get("tokens_per_s")]
-    return {"wall_s": round(wall, 1), "val_loss": round(ev["results"][0]["nats_per_char"], 4), "steps": metrics[-1]["step"],
+    dtype = json.loads((run_dir / "manifest.json").read_text())["dtype"]     # what other.dtype auto chose
+    return {"wall_s": round(wall, 1), "val_loss": round(ev["results"][0]["nats_per_char"], 4), "steps": metrics[-1]["step"], "dtype": dtype,
             "tokens_per_s": round(sorted(tps)[len(tps) // 2]) if tps else None, "run_dir": str(run_dir)}
 
 

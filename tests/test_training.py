@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -280,6 +281,26 @@ def test_time_budget_ends_the_run_and_its_schedule(root):
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     again = run_quiet(resume=r.run_dir)
     assert again.steps == r.steps and read_jsonl(r.run_dir / "metrics.jsonl") == recs
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_dtype_auto_uses_bfloat16_only_where_it_has_kernels(root, monkeypatch, fast):
+    "`other.dtype: auto` trains exactly as bfloat16 where `has_fast_bfloat16` says so and as float32 elsewhere (decision D25), and the manifest says which; an explicit bfloat16 without the kernels warns."
+    import slm.training
+    monkeypatch.setattr(slm.training, "has_fast_bfloat16", lambda device: fast)
+    def losses(dtype):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            r = run_quiet(make_cfg(root, f"dtype-{dtype}-{fast}", other__dtype=dtype, training__max_steps=4, eval__log_interval=1,
+                                   eval__eval_interval=4, checkpoint__interval=4))
+        warned = any("no bfloat16 matmul kernels" in str(w.message) for w in caught)
+        dtype_used = json.loads((r.run_dir / "manifest.json").read_text())["dtype"]
+        return [x["train_loss"] for x in read_jsonl(r.run_dir / "metrics.jsonl") if x.get("train_loss") is not None], dtype_used, warned
+    auto, f32, bf16 = losses("auto"), losses("float32"), losses("bfloat16")
+    chosen, other = (bf16, f32) if fast else (f32, bf16)
+    assert len(auto[0]) == 4 and auto[0] == chosen[0] and auto[0] != other[0]
+    assert auto[1] == ("bfloat16" if fast else "float32") and f32[1] == "float32" and bf16[1] == "bfloat16"
+    assert (auto[2], f32[2], bf16[2]) == (False, False, not fast)
 
 
 @pytest.mark.parametrize("how", ["truncated", "garbage", "flipped", "empty"])
