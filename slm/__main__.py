@@ -95,8 +95,12 @@ def cmd_train(args) -> int:
         cfg = _load_config(args)
     try: r = train(cfg, resume=args.resume, progress=not args.no_progress)
     except TrainingInterrupted as e:
+        _end_process_group(clean=False)
         if _is_rank0(): print(f"slm: {e}", file=sys.stderr)
         return e.exit_code
+    except BaseException:
+        _end_process_group(clean=False); raise
+    _end_process_group(clean=True)
     if not _is_rank0(): return 0
     print(f"\nrun folder:       {r.run_dir}")
     if r.final_val_loss is not None:
@@ -108,6 +112,13 @@ def cmd_train(args) -> int:
                          top_k=rcfg.sampling.top_k, top_p=rcfg.sampling.top_p, seed=rcfg.other.seed)
     print(f"sample (temperature {rcfg.sampling.temperature}):\n" + "-" * 60 + "\n" + prompt + text + "\n" + "-" * 60)
     return 0
+
+def _end_process_group(clean: bool):
+    "Under torchrun, end the process group before the process exits (after a barrier if `clean`): a process that exits with gloo still running sometimes aborts (`terminate called without an active exception`). Nothing without torchrun."
+    import torch.distributed as td
+    if not (td.is_available() and td.is_initialized()): return
+    if clean: td.barrier()
+    td.destroy_process_group()
 
 def _generation_bar(total: int):
     "A tqdm bar on stderr for a long generation (2,000 characters or more) whose text goes to a file or pipe; None otherwise (on a terminal the text itself shows the progress)."
