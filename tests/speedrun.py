@@ -28,8 +28,10 @@ VAL_TOKENS = 249_354          # the built-in corpus's validation split (chapter 
 # The changes tried, each on top of the config before it if it was kept (kept if it lowers the loss). Changes that
 # cannot change the cost of a step (schedule, learning rate) reuse the last kept row's time per step, so that
 # their number of steps is not moved by the noise of a short timing.
-COST_NEUTRAL = {"training.lr_schedule", "training.lr"}
-REFERENCE = "the narrow model again, on a second machine: the reference for the rows below"
+COST_NEUTRAL = {"training.lr_schedule", "training.lr", "training.decay_fraction", "training.min_lr_ratio", "training.beta2"}
+# A row that measures the last kept config again on another machine: the reference (kept by definition) for the rows after it.
+REFERENCES = {"the narrow model again, on a second machine: the reference for the rows below",
+              "the speedrun config again, on a third machine (no bfloat16 kernels: float32): the reference for the rows below"}
 VARIANTS = [
     ("fast.yaml as it is (cosine, AdamW, learned positions, LayerNorm, biases, bfloat16)", {}),
     ("warmup-stable-decay schedule instead of cosine", {"training.lr_schedule": "wsd"}),
@@ -48,8 +50,13 @@ VARIANTS = [
     ("untied embeddings again, on the narrow model", {"model.tie_weights": False}),
     # rows 15 on ran on a second machine (twice the bfloat16 matmul peak; each row records its machine's peaks):
     # the narrow model is measured again there, as the reference for the rows after it
-    (REFERENCE, {}),
+    ("the narrow model again, on a second machine: the reference for the rows below", {}),
     ("torch.compile again, on the narrow model", {"other.compile": True}),
+    # rows 17 on ran on a third machine, an AVX2-only CPU where other.dtype auto trains in float32 (decision D25)
+    ("the speedrun config again, on a third machine (no bfloat16 kernels: float32): the reference for the rows below", {}),
+    ("context 256, batch 16 (the same tokens per step)", {"model.context_length": 256, "training.batch_size": 16}),
+    ("decay over the last 40 % of the steps, to zero", {"training.decay_fraction": 0.4, "training.min_lr_ratio": 0.0}),
+    ("peak learning rate 5e-3 instead of 3e-3", {"training.lr": 5e-3}),
 ]
 
 
@@ -106,7 +113,7 @@ def ablate(budget: float, out: Path, only: list[int] | None):
         # the faster of two timings: another process slows a timing down, never speeds it up (one slow timing
         # once cut a row to 60 % of its budget)
         sps = last_kept["s_per_step"] if last_kept and ov and set(ov) <= COST_NEUTRAL else min(seconds_per_step(BASE, trial) for _ in range(2))
-        bt = trial.get("training.batch_size", 32) * 128
+        bt = trial.get("training.batch_size", 32) * trial.get("model.context_length", 128)    # tokens per step (fast.yaml: 32 x 128)
         eval_s = VAL_TOKENS / bt * sps / 3                       # a forward pass costs about a third of a training step
         steps = int((budget - 10 - 3 * eval_s) / sps)
         ov_run = {**trial, "training.max_steps": steps, "training.warmup_steps": max(1, steps // 16),
@@ -114,7 +121,7 @@ def ablate(budget: float, out: Path, only: list[int] | None):
         res = train_and_score(BASE, ov_run, runs, f"row{i}")
         row = {"change": change, "overrides": trial, "s_per_step": round(sps, 4), **res}
         row["machine"] = machine
-        row["kept"] = last_kept is None or change == REFERENCE or row["val_loss"] < last_kept["val_loss"]
+        row["kept"] = last_kept is None or change in REFERENCES or row["val_loss"] < last_kept["val_loss"]
         rows = sorted([r for r in rows if r["change"] != change] + [row], key=lambda r: order.index(r["change"]))
         out.write_text(json.dumps(rows, indent=1) + "\n")
         print(json.dumps(row), flush=True)
