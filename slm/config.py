@@ -66,6 +66,7 @@ class ModelConfig(_Section):
     d_model: int = _f(256, "width of the residual stream (the embedding size)", ">= 1, divisible by n_heads", ge=1)
     n_heads: int = _f(4, "attention heads per block; head size = d_model / n_heads", ">= 1", ge=1)
     d_ff: int = _f(1024, "hidden width of each block's MLP (usually 4 * d_model)", ">= 1", ge=1)
+    activation: Literal["gelu", "relu2"] = _f("gelu", "the MLP's non-linearity: GELU, or the squared ReLU max(0, x)^2 (chapter 03)", "gelu | relu2")
     dropout: float = _f(0.1, "dropout probability on attention weights and residual branches (0 = off)", "0 <= x <= 1", ge=0, le=1)
     bias: bool = _f(True, "add bias vectors to the linear layers and norms", "true | false")
     pos_encoding: Literal["learned", "sinusoidal", "rope"] = _f(

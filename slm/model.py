@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['POS_ENCODINGS', 'NORMS', 'ATTENTIONS', 'LN2', 'sinusoidal_positions', 'RotaryEmbedding', 'apply_rope', 'causal_mask',
-           'explicit_attention', 'Dropout', 'eval_mode', 'HookPoint', 'CausalSelfAttention', 'MLP', 'RMSNorm',
-           'make_norm', 'Block', 'KVCache', 'check_model_config', 'GPT', 'bits_per_char', 'perplexity']
+__all__ = ['POS_ENCODINGS', 'NORMS', 'ATTENTIONS', 'ACTIVATIONS', 'LN2', 'sinusoidal_positions', 'RotaryEmbedding', 'apply_rope',
+           'causal_mask', 'explicit_attention', 'Dropout', 'eval_mode', 'HookPoint', 'CausalSelfAttention', 'ReLU2',
+           'make_activation', 'MLP', 'RMSNorm', 'make_norm', 'Block', 'KVCache', 'check_model_config', 'GPT',
+           'bits_per_char', 'perplexity']
 
 # %% ../nbs/03_model.ipynb #a06c5110
 def sinusoidal_positions(n_pos: int, # number of positions, `0 … n_pos-1`
@@ -209,21 +210,32 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 # %% ../nbs/03_model.ipynb #e60dea65
+class ReLU2(nn.Module):
+    "Squared ReLU, `max(0, x)²`, elementwise (So et al. 2021, *Primer*). Shape preserved."
+    def forward(self, x: torch.Tensor) -> torch.Tensor: return F.relu(x).square()
+
+def make_activation(cfg) -> nn.Module:
+    "The MLP non-linearity that `cfg.activation` names: `nn.GELU()` (exact erf form) or `ReLU2()`."
+    if cfg.activation == "gelu": return nn.GELU()
+    if cfg.activation == "relu2": return ReLU2()
+    raise ValueError(f"unknown activation {cfg.activation!r}; expected 'gelu' or 'relu2'")
+
+# %% ../nbs/03_model.ipynb #35bac515
 class MLP(nn.Module):
-    "Position-wise feed-forward network: `c_fc` (d_model → d_ff), GELU, `c_proj` (d_ff → d_model), dropout."
+    "Position-wise feed-forward network: `c_fc` (d_model → d_ff), GELU or ReLU², `c_proj` (d_ff → d_model), dropout."
     def __init__(self, cfg, layer_idx: int = 0):
         "The MLP of layer `layer_idx` for `cfg`: d_model → d_ff → d_model, with two hook points."
         super().__init__()
         self.c_fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.hook_pre = HookPoint(f"blocks.{layer_idx}.mlp.hook_pre")     # (B, T, d_ff), before the GELU
-        self.gelu = nn.GELU()
-        self.hook_post = HookPoint(f"blocks.{layer_idx}.mlp.hook_post")   # (B, T, d_ff), after the GELU
+        self.hook_pre = HookPoint(f"blocks.{layer_idx}.mlp.hook_pre")     # (B, T, d_ff), before the non-linearity
+        self.act = make_activation(cfg)
+        self.hook_post = HookPoint(f"blocks.{layer_idx}.mlp.hook_post")   # (B, T, d_ff), after it
         self.c_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "`(B, T, d_model)` → `(B, T, d_model)`."
-        return self.dropout(self.c_proj(self.hook_post(self.gelu(self.hook_pre(self.c_fc(x))))))
+        return self.dropout(self.c_proj(self.hook_post(self.act(self.hook_pre(self.c_fc(x))))))
 
 # %% ../nbs/03_model.ipynb #21f518f7
 class RMSNorm(nn.Module):
@@ -302,6 +314,7 @@ class KVCache:
 POS_ENCODINGS = ("learned", "sinusoidal", "rope")
 NORMS = ("layernorm", "rmsnorm")
 ATTENTIONS = ("sdpa", "explicit")
+ACTIVATIONS = ("gelu", "relu2")
 
 def check_model_config(cfg):
     "Raise `ValueError` naming the field if `cfg` cannot build a `GPT` (the checks that `slm.config.ModelConfig` also makes)."
@@ -311,6 +324,7 @@ def check_model_config(cfg):
     if not 0 <= cfg.dropout <= 1: raise ValueError(f"model config: dropout must be in [0, 1], got {cfg.dropout}")
     if cfg.pos_encoding not in POS_ENCODINGS: raise ValueError(f"model config: pos_encoding must be one of {POS_ENCODINGS}, got {cfg.pos_encoding!r}")
     if cfg.norm not in NORMS: raise ValueError(f"model config: norm must be one of {NORMS}, got {cfg.norm!r}")
+    if cfg.activation not in ACTIVATIONS: raise ValueError(f"model config: activation must be one of {ACTIVATIONS}, got {cfg.activation!r}")
     if cfg.attention not in ATTENTIONS: raise ValueError(f"model config: attention must be one of {ATTENTIONS}, got {cfg.attention!r}")
     if cfg.pos_encoding == "rope" and (cfg.d_model // cfg.n_heads) % 2:
         raise ValueError(f"model config: rope needs an even head width d_model/n_heads, got {cfg.d_model // cfg.n_heads}")

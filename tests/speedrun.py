@@ -57,6 +57,8 @@ VARIANTS = [
     ("context 256, batch 16 (the same tokens per step)", {"model.context_length": 256, "training.batch_size": 16}),
     ("decay over the last 40 % of the steps, to zero", {"training.decay_fraction": 0.4, "training.min_lr_ratio": 0.0}),
     ("peak learning rate 5e-3 instead of 3e-3", {"training.lr": 5e-3}),
+    ("ReLU² instead of GELU in the MLP (Primer)", {"model.activation": "relu2"}),
+    ("Adam beta2 0.99 instead of 0.95", {"training.beta2": 0.99}),
 ]
 
 
