@@ -215,7 +215,7 @@ class ReLU2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor: return F.relu(x).square()
 
 def make_activation(cfg) -> nn.Module:
-    "The MLP non-linearity that `cfg.activation` names: `nn.GELU()` (exact erf form) or `ReLU2()`."
+    "The MLP non-linearity that `cfg.activation` names: `nn.GELU()` (exact erf form) or `ReLU2()`. Raises `ValueError` for any other name."
     if cfg.activation == "gelu": return nn.GELU()
     if cfg.activation == "relu2": return ReLU2()
     raise ValueError(f"unknown activation {cfg.activation!r}; expected 'gelu' or 'relu2'")
