@@ -59,6 +59,9 @@ VARIANTS = [
     ("peak learning rate 5e-3 instead of 3e-3", {"training.lr": 5e-3}),
     ("ReLU² instead of GELU in the MLP (Primer)", {"model.activation": "relu2"}),
     ("Adam beta2 0.99 instead of 0.95", {"training.beta2": 0.99}),
+    ("Muon for the hidden matrices again, on the compiled narrow model", {"training.optimizer": "muon"}),
+    ("2 heads of 64 instead of 4 of 32", {"model.n_heads": 2}),
+    ("peak learning rate 2e-3 instead of 3e-3", {"training.lr": 2e-3}),
 ]
 
 
