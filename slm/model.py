@@ -386,8 +386,9 @@ class GPT(nn.Module):
 
 # %% ../nbs/03_model.ipynb #b9c14dbe
 @patch
+@torch.compiler.disable   # under torch.compile this runs as plain Python: it reads the ids' values, which a graph cannot
 def check_input(self: GPT, idx, targets=None, kv_cache=None) -> tuple[int, int]:
-    "Validate the arguments of `forward`; return `(B, T)`."
+    "Validate the arguments of `forward`; return `(B, T)`. Raises `ValueError` naming the problem. Never compiled (see the comment)."
     if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool:
         raise ValueError(f"idx must be an integer tensor of shape (B, T), got {getattr(idx, 'dtype', type(idx).__name__)} of shape {tuple(getattr(idx, 'shape', ()))}")
     B, T = idx.shape
