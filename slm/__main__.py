@@ -256,7 +256,7 @@ def cmd_compare(args) -> int:
 
 # %% ../nbs/cli.ipynb #92b58456
 def cmd_bench(args) -> int:
-    "`slm bench [CONFIG]`: print the JSON report of chapter 07's `run_bench` (training tokens/s and MFU per dtype, eager and through torch.compile, generation, tokenizer, `targets_met`); with `--sweep` its `bench_sweep` (cost as context length and d_model grow), with `--ingest` chapter 01's `ingest_benchmark` (token-cache build speed and peak memory for 50 MB, 200 MB and 1 GB corpora)."
+    "`slm bench [CONFIG]`: print the JSON report of chapter 07's `run_bench` (training tokens/s and MFU per dtype, generation with and without the KV cache, each eager and through torch.compile, tokenizer, `targets_met`); with `--sweep` its `bench_sweep` (cost as context length and d_model grow), with `--ingest` chapter 01's `ingest_benchmark` (token-cache build speed and peak memory for 50 MB, 200 MB and 1 GB corpora)."
     import torch
     if args.threads: torch.set_num_threads(args.threads)
     if args.ingest:
@@ -378,7 +378,7 @@ def _add_inspect_commands(sub):
     b.add_argument("--dtype", choices=["float32", "bfloat16", "both"], default="both",
                    help="training precision(s) to time (default: both; bfloat16 = autocast)")
     b.add_argument("--compile", choices=["no", "yes", "both"], default="both",
-                   help="time training eager, through torch.compile, or both (default: both)")
+                   help="time training and generation eager, through torch.compile, or both (default: both)")
     b.add_argument("--gen-batch", type=_positive_ints, default=[1, 8], metavar="N[,N...]",
                    help="generation batch sizes to time (default: 1,8)")
     b.add_argument("--skip-generation", action="store_true", help="skip the generation timing")

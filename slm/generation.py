@@ -378,12 +378,14 @@ def generation_speed(model,                   # the model to time (on its own de
                      repeats: int = 1,        # timed runs; the fastest one counts
                      seed: int = 0,
                     ) -> float:               # generated tokens per second: batch_size · n_new / seconds
-    "Time `generate` (after a 4-token warm-up) on a random prompt and return tokens per second; what `slm bench` reports."
+    """Time `generate` on a random prompt and return tokens per second; what `slm bench` reports. An untimed run of the
+    same length comes first: it warms the caches, and a `torch.compile`d model compiles there every case the timed runs
+    meet (the prefill, the first decode steps, a full KV cache)."""
     device = _model_device(model)
     idx = torch.randint(0, model.cfg.vocab_size, (batch_size, prompt_len), generator=torch.Generator().manual_seed(seed))
     gen = torch.Generator(device=device).manual_seed(seed)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    generate(model, idx, 4, temperature, use_cache=use_cache, generator=gen)
+    generate(model, idx, n_new, temperature, use_cache=use_cache, generator=gen)     # the warm-up run
     best = float("inf")
     for _ in range(repeats):
         sync(); t0 = time.perf_counter()

@@ -266,7 +266,7 @@ def test_bench_prints_json_figures():
         assert abs(tr["gflops"] - out["model"]["flops_per_token"] * tr["tokens_per_s"] / 1e9) < 1e-6 * tr["gflops"]
     gen = out["generation"]
     assert gen["new_tokens"] == 256 and [gen[k]["batch_size"] for k in ("batch_1", "batch_2")] == [1, 2]
-    assert all(gen[k]["kv_cache_speedup"] > 0 for k in ("batch_1", "batch_2"))
+    assert all(gen[k]["kv_cache_speedup"] > 0 and gen[k]["compile"] is False for k in ("batch_1", "batch_2"))
     g1 = gen["batch_1"]      # one sequence: the matrix-vector floor, which the whole decode loop cannot beat
     assert 0 < g1["kv_cache_tokens_per_s"] < g1["matvec_floor_tokens_per_s"] and g1["share_of_floor"] < 1
     assert "matvec_floor_tokens_per_s" not in gen["batch_2"]
@@ -274,14 +274,17 @@ def test_bench_prints_json_figures():
     assert len(out["targets_met"]) == len(timed) + 1 and all(isinstance(v, bool) for v in out["targets_met"].values())
 
 
-def test_bench_times_the_compiled_step_against_its_dtype_peak():
-    r = run("bench", ROOT / "configs" / "tiny.yaml", "--steps", "2", "--dtype", "float32", "--compile", "yes", "--skip-generation")
+def test_bench_times_the_compiled_step_and_decode_loop():
+    r = run("bench", ROOT / "configs" / "tiny.yaml", "--steps", "2", "--dtype", "float32", "--compile", "yes", "--gen-batch", "1")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     (tr,) = out["training"].values()
     assert list(out["training"]) == ["float32+compile"] and tr["compile"] is True and tr["dtype"] == "float32"
     assert tr["mfu"] == tr["gflops"] / out["matmul_peak_gflops"]["float32"] and tr["tokens_per_s"] > 0
-    assert list(out["targets_met"]) == ["training float32+compile: mfu >= 0.65"]
+    g = out["generation"]["batch_1+compile"]      # the compiled decode loop: cached only, against the same floor
+    assert list(out["generation"]) == ["new_tokens", "batch_1+compile"] and g["compile"] is True and "no_cache_tokens_per_s" not in g
+    assert g["kv_cache_tokens_per_s"] > 0 and g["share_of_floor"] == g["kv_cache_tokens_per_s"] / g["matvec_floor_tokens_per_s"]
+    assert list(out["targets_met"]) == ["training float32+compile: mfu >= 0.65", "generation batch_1+compile: kv_cache_tokens_per_s >= 1500"]
 
 
 def test_bench_ingest_prints_build_speed_and_memory():
