@@ -1,7 +1,56 @@
-"""Fixtures shared by the tests that open pages in a real browser (the docs site, JupyterLab)."""
+"""Fixtures shared by the test files: one tiny trained run, and the browser for the pages.
+
+`tiny_run` is the suite's one trained model: configs/tiny.yaml for 12 steps, trained once per test process
+(`slm train`'s own code path, in-process) and shared read-only by every test file that needs a run folder.
+A test that changes a run copies it first (`copy_run`)."""
+import contextlib
+import io
+import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
+TINY_STEPS = ["--set", "training.max_steps=12", "--set", "eval.eval_interval=6", "--set", "checkpoint.interval=6",
+              "--set", "eval.eval_batches=2", "--set", "eval.sample_length=20"]
+
+
+def slm_in_process(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    "Run `slm ARGS` in this process (the console script's `main(argv)`); returns its exit status, stdout and stderr."
+    from slm.__main__ import main
+    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+    finally:
+        os.environ.clear(); os.environ.update(saved)
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def tiny_train(tmp_path_factory):
+    "`slm train configs/tiny.yaml` for 12 steps (checkpoints at 6 and 12): (CompletedProcess, run folder). Read-only."
+    d = tmp_path_factory.mktemp("tiny-run")
+    r = slm_in_process("train", TINY_CONFIG, "--no-progress", *TINY_STEPS, "--set", f"checkpoint.runs_dir={d}",
+                       "--set", "other.run_name=tiny")
+    assert r.returncode == 0, r.stderr
+    return r, d / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_train) -> Path:
+    "The run folder of `tiny_train` (read-only: copy it with `copy_run` before changing anything)."
+    return tiny_train[1]
+
+
+def copy_run(run_dir: Path, dst: Path) -> Path:
+    "A copy of `run_dir` at `dst` (which must not exist yet), for a test that changes a run folder."
+    shutil.copytree(run_dir, dst)
+    return dst
 
 
 @pytest.fixture(scope="session")
