@@ -8,6 +8,8 @@ import io
 import os
 import shutil
 import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,17 +20,36 @@ TINY_STEPS = ["--set", "training.max_steps=12", "--set", "eval.eval_interval=6",
               "--set", "eval.eval_batches=2", "--set", "eval.sample_length=20"]
 
 
-def slm_in_process(*args, env: dict | None = None) -> subprocess.CompletedProcess:
-    "Run `slm ARGS` in this process (the console script's `main(argv)`); returns its exit status, stdout and stderr."
+def slm_in_process(*args, env: dict | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """Run `slm ARGS` in this process (the console script's `main(argv)`); returns its exit status, stdout and stderr.
+    As in a new process: argparse's exit is the exit status, warnings are shown (Python's default filter) through the
+    command's own format, and `stdin` (a string) is what the command reads as its standard input."""
     from slm.__main__ import main
     out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
     os.environ.update(env or {})
+    show = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+        warnings.formatwarning(message, category, filename, lineno, line))
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(a) for a in args])
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings(), \
+                _stdin(stdin):
+            warnings.simplefilter("default")
+            warnings.showwarning = show
+            try: code = main([str(a) for a in args])
+            except SystemExit as e: code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         os.environ.clear(); os.environ.update(saved)
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+@contextlib.contextmanager
+def _stdin(text: str | None):
+    "`sys.stdin` reads `text` inside the block (unchanged if None)."
+    if text is None:
+        yield
+        return
+    saved, sys.stdin = sys.stdin, io.StringIO(text)
+    try: yield
+    finally: sys.stdin = saved
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
-"""End-to-end tests of the `slm` console script, run as a user runs it (a subprocess)."""
-import contextlib
-import io
+"""End-to-end tests of the `slm` console script. Each test runs the command's `main(argv)` in this process (what the
+console script calls) and checks what it prints and its exit status; a subprocess only where the process is what is
+tested: the console script itself, `python -m slm`, what `--help` imports, and output to a log file."""
 import json
 import os
 import shutil
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import slm
+from conftest import TINY_CONFIG, TINY_STEPS, copy_run, slm_in_process as run_in
 
 ROOT = Path(__file__).resolve().parent.parent
 SLM = shutil.which("slm", path=str(Path(sys.executable).parent)) or "slm"
@@ -22,33 +23,20 @@ def run(*args, cwd=ROOT, env=None):
                           env={**os.environ, **(env or {})})
 
 
-def run_in(*args, env=None):
-    "Run `slm ARGS` in this process (same code path as the console script, without starting Python again)."
-    from slm.__main__ import main
-    out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
-    os.environ.update(env or {})
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([str(a) for a in args])
-    finally:
-        os.environ.clear(); os.environ.update(saved)
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-
 def test_help_and_version():
     r = run("--help")
     assert r.returncode == 0 and "corpus" in r.stdout
-    r = run("--version")
+    r = run_in("--version")
     assert r.returncode == 0 and r.stdout.strip() == f"slm {slm.__version__}"
 
 
 def test_no_command_prints_help_and_fails():
-    r = run()
+    r = run_in()
     assert r.returncode == 2 and "COMMAND" in r.stdout
 
 
 def test_corpus_builtin_shakespeare():
-    r = run("corpus", "--json")
+    r = run_in("corpus", "--json")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["source"] == "shakespeare"
@@ -60,7 +48,7 @@ def test_corpus_builtin_shakespeare():
 
 
 def test_corpus_human_output_names_every_statistic():
-    r = run("corpus")
+    r = run_in("corpus")
     assert r.returncode == 0, r.stderr
     for label in ("characters:", "distinct characters:", "unknown (<UNK>):", "train tokens:", "val tokens:",
                   "windows per epoch:", "sample window:"):
@@ -114,7 +102,7 @@ def test_bad_config_one_clear_line(tmp_path, yaml_text, key):
 def test_unknown_key_suggests_close_match(tmp_path):
     cfg = tmp_path / "typo.yaml"
     cfg.write_text("training:\n  bach_size: 8\n")
-    r = run("corpus", cfg)
+    r = run_in("corpus", cfg)
     assert r.returncode == 2 and "training.bach_size" in r.stderr and "did you mean 'batch_size'" in r.stderr
 
 
@@ -136,36 +124,22 @@ def test_bad_corpus_one_clear_line(tmp_path, source, expect):
 
 
 def test_bad_override_is_rejected(tmp_path):
-    r = run("corpus", "--set", "model.n_heads=0")
+    r = run_in("corpus", "--set", "model.n_heads=0")
     assert r.returncode == 2 and "n_heads" in r.stderr and "--set" in r.stderr
-    r = run("corpus", "--set", "nonsense")
+    r = run_in("corpus", "--set", "nonsense")
     assert r.returncode == 2 and "nonsense" in r.stderr
 
 
 def test_missing_config_file():
-    r = run("corpus", "no-such-config.yaml")
+    r = run_in("corpus", "no-such-config.yaml")
     assert r.returncode == 2 and "no-such-config.yaml" in r.stderr and "Traceback" not in r.stderr
 
 
 # ---- train / generate / chat / bench: one tiny run shared by the tests below ----
 
-TINY = ["--set", "training.max_steps=12", "--set", "eval.eval_interval=6", "--set", "checkpoint.interval=6",
-        "--set", "eval.eval_batches=2", "--set", "eval.sample_length=20"]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    "Train configs/tiny.yaml for 12 steps with `slm train`; returns (CompletedProcess, run folder)."
-    d = tmp_path_factory.mktemp("runs")
-    r = run("train", ROOT / "configs" / "tiny.yaml", "--no-progress", *TINY, "--set", f"checkpoint.runs_dir={d}")
-    runs = sorted(p for p in d.iterdir() if p.is_dir())
-    return r, (runs[0] if runs else None)
-
-
-def test_train_writes_a_complete_run_and_prints_a_sample(tiny_run):
-    r, run_dir = tiny_run
+def test_train_writes_a_complete_run_and_prints_a_sample(tiny_train):
+    r, run_dir = tiny_train
     assert r.returncode == 0, r.stderr
-    assert run_dir is not None
     for name in ("config.yaml", "manifest.json", "metrics.jsonl", "tokenizer.json", "loss_curve.png"):
         assert (run_dir / name).is_file(), name
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -179,13 +153,13 @@ def test_train_writes_a_complete_run_and_prints_a_sample(tiny_run):
 
 
 def test_generate_is_reproducible_with_a_seed(tiny_run):
-    _, run_dir = tiny_run
-    a = run("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "7")
-    b = run("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "7")
+    run_dir = tiny_run
+    a = run_in("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "7")
+    b = run_in("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "7")
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and a.stdout.startswith("ROMEO:") and len(a.stdout.rstrip("\n")) >= len("ROMEO:")
-    g = run("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--temperature", "0")
-    assert g.returncode == 0 and g.stdout == run("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "30",
+    g = run_in("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "30", "--temperature", "0")
+    assert g.returncode == 0 and g.stdout == run_in("generate", run_dir, "--prompt", "ROMEO:", "--max-new-tokens", "30",
                                                   "--temperature", "0", "--seed", "99").stdout   # greedy ignores the seed
 
 
@@ -197,26 +171,25 @@ def test_generate_is_reproducible_with_a_seed(tiny_run):
     (["--max-new-tokens", "-5"], "max_new_tokens"),
 ])
 def test_generate_bad_sampling_option_is_one_line(tiny_run, opts, word):
-    _, run_dir = tiny_run
+    run_dir = tiny_run
     r = run_in("generate", run_dir, "--prompt", "A", *opts)
     assert r.returncode == 2 and word in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
 def test_generate_from_missing_or_corrupt_checkpoint(tiny_run, tmp_path):
-    r = run("generate", tmp_path / "nope")
+    r = run_in("generate", tmp_path / "nope")
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    r = run("generate", bad)
+    r = run_in("generate", bad)
     assert r.returncode == 2 and "broken.pt" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_chat_session(tiny_run):
-    _, run_dir = tiny_run
+    run_dir = tiny_run
     script = "Good morrow\n/set temperature=0.5\n/set top_p=2\n/show\n/help\nAnd you?\n/quit\n"
-    r = subprocess.run([SLM, "chat", str(run_dir), "--seed", "1", "--max-new-tokens", "20"], input=script,
-                       capture_output=True, text=True, timeout=120)
+    r = run_in("chat", run_dir, "--seed", "1", "--max-new-tokens", "20", stdin=script)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("HAMLET: ") == 2                           # two replies
     assert "temperature=0.5" in r.stdout                              # /set took effect, /show shows it
@@ -225,32 +198,32 @@ def test_chat_session(tiny_run):
 
 
 def test_chat_ends_cleanly_on_end_of_input(tiny_run):
-    _, run_dir = tiny_run
-    r = subprocess.run([SLM, "chat", str(run_dir)], input="", capture_output=True, text=True, timeout=120)
+    run_dir = tiny_run
+    r = run_in("chat", run_dir, stdin="")
     assert r.returncode == 0 and "Traceback" not in r.stderr
 
 
-def test_train_resume_continues_the_run(tiny_run):
-    _, run_dir = tiny_run
+def test_train_resume_continues_the_run(tiny_run, tmp_path):
+    run_dir = copy_run(tiny_run, tmp_path / "run")
     cfg = run_dir / "config.yaml"
     text = cfg.read_text().replace("max_steps: 12", "max_steps: 14")
     assert text != cfg.read_text()
     cfg.write_text(text)
-    r = run("train", "--resume", run_dir, "--no-progress")
+    r = run_in("train", "--resume", run_dir, "--no-progress")
     assert r.returncode == 0, r.stderr
     steps = [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 14 and steps == sorted(steps)
 
 
 def test_train_usage_errors(tmp_path):
-    r = run("train")
+    r = run_in("train")
     assert r.returncode == 2 and "CONFIG" in r.stderr
-    r = run("train", "--resume", tmp_path / "no-run")
+    r = run_in("train", "--resume", tmp_path / "no-run")
     assert r.returncode == 2 and "no-run" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_bench_prints_json_figures():
-    r = run("bench", ROOT / "configs" / "tiny.yaml", "--steps", "2", "--gen-batch", "1,2", "--compile", "no")
+    r = run_in("bench", TINY_CONFIG, "--steps", "2", "--gen-batch", "1,2", "--compile", "no")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out["matmul_peak_gflops"]) == {"float32", "bfloat16"} and out["matmul_peak_gflops"]["float32"] > 0
@@ -274,8 +247,9 @@ def test_bench_prints_json_figures():
     assert len(out["targets_met"]) == len(timed) + 1 and all(isinstance(v, bool) for v in out["targets_met"].values())
 
 
+@pytest.mark.expensive   # torch.compile
 def test_bench_times_the_compiled_step_and_decode_loop():
-    r = run("bench", ROOT / "configs" / "tiny.yaml", "--steps", "2", "--dtype", "float32", "--compile", "yes", "--gen-batch", "1")
+    r = run_in("bench", TINY_CONFIG, "--steps", "2", "--dtype", "float32", "--compile", "yes", "--gen-batch", "1")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     (tr,) = out["training"].values()
@@ -288,58 +262,58 @@ def test_bench_times_the_compiled_step_and_decode_loop():
 
 
 def test_bench_ingest_prints_build_speed_and_memory():
-    r = run("bench", "--ingest", "--ingest-sizes", "1")
+    r = run_in("bench", "--ingest", "--ingest-sizes", "1")
     assert r.returncode == 0, r.stderr
     (row,) = json.loads(r.stdout)
     assert row["MB"] == 1 and row["MB_per_s"] > 0 and row["peak_rss_MB"] > 0 and row["builtin_peak_rss_MB"] > 0
 
 
 def test_bench_rejects_bad_batch_sizes():
-    r = run("bench", "--gen-batch", "1,x", "--skip-generation")
+    r = run_in("bench", "--gen-batch", "1,x", "--skip-generation")
     assert r.returncode == 2 and "1,x" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_evaluate_prints_the_table_with_three_baselines(tiny_run, tmp_path):
-    _, run_dir = tiny_run
-    r = run("evaluate", run_dir)
+    run_dir = tiny_run
+    r = run_in("evaluate", run_dir)
     assert r.returncode == 0, r.stderr
     for word in ("nats/char", "bits/char", "perplexity", "bigram", "unigram", "uniform"):
         assert word in r.stdout, word
     text = tmp_path / "play.txt"
     text.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n")
-    r = run("evaluate", run_dir, "--data", text, "--json")
+    r = run_in("evaluate", run_dir, "--data", text, "--json")
     assert r.returncode == 0, r.stderr
     assert "play.txt" in r.stdout
 
 
 def test_evaluate_and_compare_errors_are_one_line(tiny_run, tmp_path):
-    _, run_dir = tiny_run
+    run_dir = tiny_run
     short = tmp_path / "short.txt"
     short.write_text("A")
     for args in (("evaluate", tmp_path / "no-run"), ("evaluate", run_dir, "--data", short),
                  ("evaluate", run_dir, "--data", tmp_path / "missing.txt"), ("compare", run_dir, tmp_path / "no-run")):
-        r = run(*args)
+        r = run_in(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr, r.stderr
-    r = run("evaluate", run_dir, "--batch-size", "0")        # an argparse usage error: usage lines, then the error
+    r = run_in("evaluate", run_dir, "--batch-size", "0")        # an argparse usage error: usage lines, then the error
     assert r.returncode == 2 and "--batch-size: must be >= 1, got 0" in r.stderr.splitlines()[-1]
 
 
 def test_compare_two_runs(tiny_run, tmp_path):
-    _, run_dir = tiny_run
+    run_dir = tiny_run
     other = tmp_path / "runs"
-    r = run("train", ROOT / "configs" / "tiny.yaml", "--no-progress", *TINY, "--set", f"checkpoint.runs_dir={other}",
+    r = run_in("train", TINY_CONFIG, "--no-progress", *TINY_STEPS, "--set", f"checkpoint.runs_dir={other}",
             "--set", "training.lr=0.003", "--set", "other.run_name=lr3e-3")
     assert r.returncode == 0, r.stderr
     png = tmp_path / "curves.png"
-    r = run("compare", run_dir, other / "lr3e-3", "--plot", png)
+    r = run_in("compare", run_dir, other / "lr3e-3", "--plot", png)
     assert r.returncode == 0, r.stderr
     assert "training.lr" in r.stdout and "lr3e-3" in r.stdout and png.stat().st_size > 0
 
 
 def test_no_progress_bar_when_stderr_is_a_log(tmp_path):
     "Without a terminal (CI logs, `2> file`) `slm train` draws no tqdm bar, but still prints its evaluation lines."
-    r = run("train", ROOT / "configs" / "tiny.yaml", *TINY, "--set", f"checkpoint.runs_dir={tmp_path}")
+    r = run("train", TINY_CONFIG, *TINY_STEPS, "--set", f"checkpoint.runs_dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     assert "step/s" not in r.stderr + r.stdout and "it/s" not in r.stderr
     assert "validation loss:" in r.stdout

@@ -16,6 +16,8 @@ import torch
 
 from slm.training import find_checkpoint, read_jsonl
 
+pytestmark = pytest.mark.expensive   # torchrun starts several processes: the expensive group (README)
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SLM, TORCHRUN = str(BIN / "slm"), str(BIN / "torchrun")

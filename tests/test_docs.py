@@ -93,6 +93,7 @@ def site():
     return {Path(nb).stem: page for nb, page in zip(LISTED, pages)}
 
 
+@pytest.mark.expensive   # the docs site build and the browser
 @pytest.mark.parametrize("nb", LISTED, ids=lambda p: Path(p).stem)
 def test_every_page_is_built_with_its_title(site, nb):
     stem = Path(nb).stem
@@ -110,6 +111,7 @@ def test_every_page_is_built_with_its_title(site, nb):
     assert html.count('<details class="source"') == exported, f"{stem}: {exported} exported cells, not all folded"
 
 
+@pytest.mark.expensive   # the docs site build and the browser
 def test_widget_output_is_a_static_picture(site):
     html = site["08_interpretability"].read_text()
     i = html.index("A static picture of the interactive widget")
@@ -177,6 +179,7 @@ def _titles():
     return [docs_offline.notebook_title(ROOT / "nbs" / nb).replace("`", "") for nb in LISTED]
 
 
+@pytest.mark.expensive   # the docs site build and the browser
 @pytest.mark.parametrize("nb", LISTED, ids=lambda p: Path(p).stem)
 def test_page_reads_well_in_a_browser(rendered, nb):
     stem = Path(nb).stem
@@ -195,10 +198,12 @@ def test_page_reads_well_in_a_browser(rendered, nb):
     assert not re.search(r"^#\||NBVAL_", s["code"], re.M), f"{stem}: directives or nbval markers in the code"
 
 
+@pytest.mark.expensive   # the docs site build and the browser
 def test_math_is_typeset(rendered):
     assert rendered["03_model"]["math"] >= 2 and rendered["09_memory_probe"]["math"] >= 1
 
 
+@pytest.mark.expensive   # the docs site build and the browser
 def test_every_internal_link_resolves(rendered, served):
     ids = {urlsplit(s["url"]).path: set(s["ids"]) for s in rendered.values()}
     bad = []
@@ -214,6 +219,7 @@ def test_every_internal_link_resolves(rendered, served):
     assert not bad, "\n".join(bad[:20])
 
 
+@pytest.mark.expensive   # the docs site build and the browser
 def test_search_finds_words_offline(served, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

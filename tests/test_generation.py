@@ -255,6 +255,7 @@ def test_generation_speed_runs(model):
     assert generation_speed(model, n_new=8, use_cache=False, batch_size=2) > 0
 
 
+@pytest.mark.expensive   # torch.compile
 def test_compiled_model_generates_what_the_eager_one_does(model):
     "torch.compile(model, dynamic=True) through `generate` (chapter 06): the same greedy tokens and logits within 1e-5, across a window move and a batch."
     torch._dynamo.reset()

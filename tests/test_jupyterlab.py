@@ -71,6 +71,7 @@ def lab(tmp_path_factory):
         log.close()
 
 
+@pytest.mark.expensive   # a JupyterLab server and a browser
 @pytest.mark.parametrize("name", ["00_tokenizer.ipynb", "index.ipynb"])
 def test_jupyterlab_opens_the_notebook_ready(lab, browser, name):
     from selenium.webdriver.common.by import By

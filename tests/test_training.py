@@ -124,6 +124,7 @@ def test_accumulation_equals_one_big_batch(root):
     torch.testing.assert_close(w4, w1, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.expensive   # torch.compile
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_torch_compile_trains_the_same_model(root, dtype):
     "`other.compile` changes how the step runs, not what it computes: the same losses and weights as eager, dropout included."
