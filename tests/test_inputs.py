@@ -1,6 +1,7 @@
-"""Inputs a user can get wrong, and long-running commands, tried as a user meets them: through the `slm` command
-in a subprocess. Each wrong input gives one line on stderr, a non-zero exit and loses nothing; long commands
-show their output as it is produced and stop cleanly on Ctrl-C or SIGTERM."""
+"""Inputs a user can get wrong, and long-running commands, tried as a user meets them: through the `slm` command.
+Each wrong input gives one line on stderr, a non-zero exit and loses nothing (the command's `main(argv)`, run in this
+process); long commands show their output as it is produced and stop cleanly on Ctrl-C or SIGTERM (a real process,
+signals and a pseudo-terminal: there the process is what is tested)."""
 import json
 import os
 import select
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import copy_run as _copy_tree, slm_in_process
+
 ROOT = Path(__file__).resolve().parent.parent
 SLM = shutil.which("slm", path=str(Path(sys.executable).parent)) or "slm"
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -22,8 +25,9 @@ def env_for(tmp_path) -> dict:
     return {**os.environ, "SLM_CACHE_DIR": str(tmp_path / "cache"), "PYTHONWARNINGS": "default"}
 
 
-def run(tmp_path, *args, timeout=300):
-    return subprocess.run([SLM, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env_for(tmp_path))
+def run(tmp_path, *args):
+    "`slm ARGS` in this process, with its own token-cache folder under `tmp_path`."
+    return slm_in_process(*args, env={"SLM_CACHE_DIR": str(tmp_path / "cache")})
 
 
 def one_line(r, rc=2) -> str:
@@ -39,21 +43,8 @@ def tree(path: Path) -> dict:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    "A finished 6-step run of configs/tiny.yaml (the tests below copy it before changing anything)."
-    d = tmp_path_factory.mktemp("inputs")
-    r = run(d, "train", TINY, "--no-progress", "--set", "training.max_steps=6", "--set", "checkpoint.interval=3",
-            "--set", "eval.eval_interval=3", "--set", "eval.eval_batches=2", "--set", f"checkpoint.runs_dir={d / 'runs'}",
-            "--set", "other.run_name=tiny")
-    assert r.returncode == 0, r.stderr
-    return d / "runs" / "tiny"
-
-
 def copy_run(run_dir: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "run"
-    shutil.copytree(run_dir, dst)
-    return dst
+    return _copy_tree(run_dir, tmp_path / "run")
 
 
 # ------------------------------------------------------------------------------- refused before training
