@@ -2,7 +2,6 @@
 cache (reuse, invalidation, atomic writes), the <UNK> limit, unusable cache folders, and memory bounded by a chunk."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,9 +15,9 @@ import slm.data as data
 from slm.data import (CorpusError, CorpusTokens, corpus_report, ingest_corpus, load_corpus, read_corpus,
                       shakespeare_text, tokenize_corpus)
 from slm.tokenizer import CharTokenizer
+from conftest import slm_in_process
 
 BOM = b"\xef\xbb\xbf"
-SLM = shutil.which("slm", path=str(Path(sys.executable).parent)) or "slm"
 TOK = CharTokenizer()
 
 
@@ -200,8 +199,9 @@ def test_fast_path_and_invalidation(tmp_path, monkeypatch):
     write(src, {"a.txt": b"first version\n" * 100, "b.txt": b"other\n"})
     fresh = ingest_corpus(src, cache=tmp_path / "c")
     assert not list((tmp_path / "c").glob("source-*.json"))   # just written: too recent to index
-    time.sleep(data._RACY_NS / 1e9 + 0.2)
-    built = ingest_corpus(src, cache=tmp_path / "c")            # read again, and now indexed
+    with monkeypatch.context() as m:                             # the index's clock moves past the racy window
+        m.setattr(data, "_now_ns", lambda: time.time_ns() + data._RACY_NS + 10**9)
+        built = ingest_corpus(src, cache=tmp_path / "c")        # read again, and now indexed
     assert built.cache_path == fresh.cache_path and len(list((tmp_path / "c").glob("source-*.json"))) == 1
 
     def no_reading(*a, **k): raise AssertionError("the corpus was read on a cache hit")
@@ -292,14 +292,10 @@ def test_unk_threshold_one_line_with_share_character_and_hint(tmp_path):
 
 
 def test_unk_threshold_stops_the_command_with_one_line(tmp_path):
-    from slm.config import TrainingConfig
-    if not hasattr(TrainingConfig().data, "max_unk_rate"):
-        pytest.skip("the config has no data.max_unk_rate key yet")
     zh = tmp_path / "zh.txt"
     zh.write_text("道可道，非常道。名可名，非常名。\n" * 40, encoding="utf-8")
-    r = subprocess.run([SLM, "corpus", "--set", f"data.source={zh}", "--set", "data.max_unk_rate=0.05",
-                        "--set", "model.context_length=16"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "SLM_CACHE_DIR": str(tmp_path / "c")})
+    r = slm_in_process("corpus", "--set", f"data.source={zh}", "--set", "data.max_unk_rate=0.05",
+                       "--set", "model.context_length=16", env={"SLM_CACHE_DIR": str(tmp_path / "c")})
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "94.12%" in r.stderr, r.stderr
 
 
@@ -348,8 +344,7 @@ def test_cache_folder_on_a_read_only_file_system(tmp_path, monkeypatch):
 
 def test_unwritable_cache_folder_stops_the_command_with_one_line(tmp_path):
     (tmp_path / "a_file").write_text("I am a file")
-    r = subprocess.run([SLM, "corpus", "--set", f"data.cache_dir={tmp_path / 'a_file' / 'cache'}"],
-                       capture_output=True, text=True, timeout=300)
+    r = slm_in_process("corpus", "--set", f"data.cache_dir={tmp_path / 'a_file' / 'cache'}")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot write to the cache folder" in r.stderr and "Traceback" not in r.stderr
 
@@ -360,9 +355,9 @@ MEMORY = textwrap.dedent("""
     from slm.data import ingest_corpus
     src, cache, fold = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
     line = "“It is the east,” said he — and Juliet is the sun; arise, fair sun, and kill the envious moon.\\r\\n"
-    with open(src, "w", encoding="utf-8", newline="") as f:      # ~100 MB, written a line block at a time
+    with open(src, "w", encoding="utf-8", newline="") as f:      # ~40 MB, written a line block at a time
         block = line * 10_000
-        while f.tell() < 100_000_000: f.write(block)
+        while f.tell() < 40_000_000: f.write(block)
     def status(key): return int(next(l for l in open("/proc/self/status") if l.startswith(key)).split()[1]) * 1024
     try: open("/proc/self/clear_refs", "w").write("5")           # reset the peak (VmHWM) to the current RSS
     except OSError: pass
@@ -376,11 +371,12 @@ MEMORY = textwrap.dedent("""
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc/self/status (Linux)")
 @pytest.mark.parametrize("fold", [False, True])
 def test_memory_bounded_by_chunk_not_corpus(tmp_path, fold):
-    "100 MB of mostly-ASCII text with curly quotes and CRLF, 1 MB chunks: the process grows by a few MB, not by the file."
+    """40 MB of mostly-ASCII text with curly quotes and CRLF, 1 MB chunks: the process grows by a few MB (about 9, the
+    same for 10 MB or 100 MB), not by the file: one copy of the text or of its ids would be over 38 MB."""
     r = subprocess.run([sys.executable, "-c", MEMORY, str(tmp_path / "big.txt"), str(tmp_path / "c"), str(int(fold))],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout.strip().splitlines()[-1])
-    assert m["bytes"] >= 100_000_000 and m["tokens"] > 90_000_000
+    assert m["bytes"] >= 40_000_000 and m["tokens"] > 36_000_000
     assert (m["unk"] == 0) if fold else (m["unk"] > 1_000_000)
-    assert m["growth"] < 25_000_000, m                    # a quarter of the file at most; the whole-text path needs over twice it
+    assert m["growth"] < 25_000_000, m                    # under two-thirds of one copy; the whole-text path needs two
