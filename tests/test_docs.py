@@ -45,12 +45,13 @@ def test_readme_is_generated_from_index(tmp_path):
 
 def test_readme_starts_with_the_two_setup_commands():
     blocks = sh_blocks((ROOT / "README.md").read_text())
-    install, test = blocks[0], blocks[1]
+    install, test, expensive = blocks[0], blocks[1], blocks[2]
     assert 'pip install "torch==2.13.0"' in install and "slm corpus" in install
     assert test.startswith(".venv/bin/pytest"), test          # one run: tests/ and every notebook once (conftest.py)
     assert "nbdev_test" not in test, "nbdev_test would execute every notebook a second time"
+    assert test.endswith('-m "not expensive"') and expensive == test.replace('-m "not expensive"', "-m expensive")
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "sh_block 1" in ci and "sh_block 2" in ci    # CI runs exactly these README blocks
+    assert all(f"sh_block {n}" in ci for n in (1, 2, 3))   # CI runs exactly these README blocks: (b), then the group
 
 
 # -------------------------------------------------------------------------------------- page list

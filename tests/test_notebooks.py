@@ -40,3 +40,38 @@ def test_slow_option_keeps_the_flagged_cells():
     cell = _Cell(cell_type="code", source="#| slow\nx = 1")
     assert root_conftest._nbdev_skips(cell, {"slow"}) and not root_conftest._nbdev_skips(cell, set())
     assert root_conftest._nbdev_skips(_Cell(cell_type="code", source="#| eval: false\nx = 1"), set())
+
+
+class _Item:
+    "A collected notebook cell, as far as the root conftest's hook reads and writes it."
+    def __init__(self, path, source):
+        self.path, self.cell, self.options, self.marks = path, _Cell(cell_type="code", source=source, execution_count=None), {}, []
+    def add_marker(self, name): self.marks.append(name)
+
+
+class _Config:
+    def __init__(self, markexpr): self.opts = {"--slow": False, "markexpr": markexpr}
+    def getoption(self, name): return self.opts[name]
+
+
+def _collect(markexpr):
+    items = [_Item("a.ipynb", "x = 1"), _Item("a.ipynb", "#| expensive\ny = x"), _Item("a.ipynb", "#| slow\nz = 2"),
+             _Item("b.ipynb", "w = 3")]
+    root_conftest.pytest_collection_modifyitems(_Config(markexpr), items)
+    return [(bool(i.marks), i.options.get("skip", False)) for i in items]
+
+
+def test_expensive_cells_leave_readme_b_and_take_their_notebook_into_the_group():
+    # README (b): only the flagged cell carries the marker (so -m "not expensive" deselects it); slow stays skipped
+    assert _collect("not expensive") == [(False, False), (True, False), (False, True), (False, False)]
+    # the group: every cell of a notebook with an expensive cell, which then runs whole; other notebooks stay out
+    for expr in ("expensive", "gpu or expensive", ""):
+        assert _collect(expr) == [(True, False), (True, False), (True, True), (False, False)], expr
+    assert _collect("gpu") == _collect("not expensive")
+
+
+def test_the_expensive_flag_is_a_test_flag_and_flags_real_cells():
+    assert root_conftest.EXPENSIVE in get_config().tst_flags.split()      # nbdev_test skips those cells too
+    flagged = [p.name for p in NOTEBOOKS for c in json.loads(p.read_text())["cells"]
+               if c["cell_type"] == "code" and root_conftest._is_expensive(_Cell(c, source="".join(c["source"])))]
+    assert flagged, "no notebook cell is flagged #| expensive: the group's notebook part checks nothing"
