@@ -156,7 +156,7 @@ def check_case(cases, in_file: bool):
     return r
 
 
-SMALL = settings(max_examples=12, deadline=None, derandomize=True, database=None,
+SMALL = settings(max_examples=6, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 LARGE = settings(max_examples=300, deadline=None, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
