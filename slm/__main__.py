@@ -397,7 +397,8 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"slm: warning: {_one_line(message)}\n"
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `slm` console script. Returns the exit status: 0 ok, 2 for a usage/config/data/checkpoint/evaluation error or a run that diverged, 130 on Ctrl-C, 143 on SIGTERM during training."
+    """Entry point of the `slm` console script. Returns the exit status: 0 ok, 2 for a usage/config/data/checkpoint/
+    evaluation error or a run that diverged, 130 on Ctrl-C, 143 on SIGTERM during training."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

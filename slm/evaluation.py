@@ -263,8 +263,9 @@ def evaluate_run(run_dir,                    # a run folder (or one checkpoint f
     else: ids, what = tok.encode(_read_eval_text(data, d.fold_unicode), unk="ignore"), str(data)
     scores = score_tokens(model, ids, batch_size, tail)
     if not math.isfinite(scores.mean_loss):
-        raise EvaluationError(f"{ckpt}: the model's logits are NaN or infinite (its loss is {scores.mean_loss}): its weights "
-                              "diverged in training, or overflow on this text; evaluate a checkpoint written before that")
+        raise EvaluationError(f"{ckpt}: the model's logits are NaN or infinite (its loss is {scores.mean_loss}): "
+                              "its weights diverged in training, or overflow on this text; "
+                              "evaluate a checkpoint written before that")
     rows = [LossStat(f"model (step {step})", scores.mean_loss, scores.n_scored)] + baseline_losses(splits.train, ids, tok.vocab_size)
     return EvalReport(str(run_dir), str(ckpt), step, what, len(ids), int(np.count_nonzero(np.asarray(ids) == tok.unk_id)), T,
                       rows, loss_by_position(scores, T)[0], scores.mean_entropy)

@@ -292,7 +292,7 @@ def seed_everything(seed: int):
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
 # %% ../nbs/05_training.ipynb #3954c55f
-_ADDRESSABLE = 2**63   # bytes (and elements of one tensor) that PyTorch's 64-bit sizes address: more than any machine has
+_ADDRESSABLE = 2**63   # bytes (and elements of a tensor) that PyTorch's 64-bit sizes address: more than any machine has
 
 def _training_bytes(cfg: TrainingConfig) -> tuple[int | None, int]:
     """`(state, activations)` of one training step in bytes, exact in Python integers whatever the sizes; state is
@@ -827,12 +827,12 @@ def _make_tokenizer(kind: str) -> Tokenizer:
 def _build(cfg: TrainingConfig, tok: Tokenizer, say: Callable, callbacks, dist: DistContext) -> Run:
     "Every piece of a run built from `cfg`, in the order that keeps the random draws reproducible (wrapped for data parallel under torchrun)."
     m, d, o, rank, device = cfg.model, cfg.data, cfg.other, dist.rank, dist.device_
-    if tok.vocab_size != m.vocab_size:   # a larger model vocabulary would train, but no tokenizer could read its samples
-        raise ConfigError(f"must match the tokenizer's vocabulary ({tok.vocab_size} ids), got {m.vocab_size}", "model.vocab_size")
+    if tok.vocab_size != m.vocab_size:   # a larger vocabulary would train, but no tokenizer reads its samples
+        raise ConfigError(f"must match the tokenizer ({tok.vocab_size} ids), got {m.vocab_size}", "model.vocab_size")
     check_memory(cfg, device)                            # before the corpus is read or the model allocated
     cores = os.cpu_count() or 1                          # more threads only contend; thousands make OpenMP abort
     if (o.num_threads or 0) > 4 * cores:
-        raise ConfigError(f"{o.num_threads} is more than 4 per core of this machine ({cores} cores: at most {4 * cores}; "
+        raise ConfigError(f"{o.num_threads} is more than 4 per core ({cores} cores: at most {4 * cores}; "
                           "null = torch's default)", "other.num_threads")
     dtype = resolve_dtype(o.dtype, device)
     if o.dtype == "auto": say(f"other.dtype auto: {dtype} on this {device.type}")
@@ -1008,7 +1008,7 @@ def rollback_refusal(run: Run, step: int | None = None) -> str | None:
     if not tc.rollback: return "rollback is off (training.rollback: false)"
     if step is not None and run.nonfinite_at is not None and step <= run.nonfinite_at:
         return "it came back after a rollback"
-    if run.rollbacks >= tc.max_rollbacks: return f"the rollbacks are used up (training.max_rollbacks: {tc.max_rollbacks})"
+    if run.rollbacks >= tc.max_rollbacks: return f"rollbacks are used up (training.max_rollbacks: {tc.max_rollbacks})"
     if not list_checkpoints(run.dir): return "there is no checkpoint to roll back to yet"
     return None
 

@@ -44,8 +44,8 @@ def test_lr_50_stops_with_one_line_and_keeps_its_metrics(tmp_path):
     assert recs[-1]["step"] == step and recs[-1]["diverged"]["lr"] == 50      # the metrics end where the loss did
     finite = [x for x in recs[:-1] if x.get("train_loss") is not None]
     assert finite and all(math.isfinite(x["train_loss"]) for x in finite) and finite[-1]["step"] == step - 1
-    assert recs[-1]["diverged"]["last_finite_loss"] == pytest.approx(float(line.split("last finite loss ")[1].split()[0]),
-                                                                    rel=1e-3)
+    shown = float(line.split("last finite loss ")[1].split()[0])
+    assert recs[-1]["diverged"]["last_finite_loss"] == pytest.approx(shown, rel=1e-3)
     man = json.loads((run / "manifest.json").read_text())
     assert man["status"] == "diverged" and man["diverged"]["step"] == step
     assert (run / "loss_curve.png").stat().st_size > 0
@@ -93,7 +93,7 @@ def test_a_nan_that_comes_back_after_a_rollback_stops_the_run(tmp_path):
 
 
 @pytest.mark.parametrize("why, kw", [("rollback is off", {"rollback": "false"}),
-                                      ("the rollbacks are used up", {"max_rollbacks": 0})])
+                                      ("rollbacks are used up", {"max_rollbacks": 0})])
 def test_no_rollback_allowed_stops_at_the_nan(tmp_path, why, kw):
     with pytest.raises(DivergenceError, match=why) as e:
         train(_tiny_cfg(tmp_path, **kw), progress=False, quiet=True, callbacks=[LRSpike(25, math.inf)])
