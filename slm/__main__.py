@@ -388,12 +388,17 @@ def _add_inspect_commands(sub):
                    help="corpus sizes for --ingest, in MB (default: 50,200,1000)")
     b.set_defaults(func=cmd_bench)
 
+def _one_line(text) -> str:
+    "`text` as one printable line: line breaks and other control characters (of a file name, a value) escaped."
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     "`warnings.formatwarning` for the command: `slm: warning: MESSAGE`, without the file, line and source echo."
-    return f"slm: warning: {message}\n"
+    return f"slm: warning: {_one_line(message)}\n"
 
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `slm` console script. Returns the exit status: 0 ok, 2 for a usage/config/data/checkpoint/evaluation error, 130 on Ctrl-C, 143 on SIGTERM during training."
+    """Entry point of the `slm` console script. Returns the exit status: 0 ok, 2 for a usage/config/data/checkpoint/
+    evaluation error or a run that diverged, 130 on Ctrl-C, 143 on SIGTERM during training."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -411,10 +416,10 @@ def _run(args) -> int:
     from slm.config import ConfigError
     from slm.data import CorpusError
     from slm.evaluation import EvaluationError
-    from slm.training import CheckpointError
+    from slm.training import CheckpointError, DivergenceError
     try: return args.func(args)
-    except (ConfigError, CorpusError, CheckpointError, EvaluationError, UsageError) as e:
-        if _is_rank0(): print(f"slm: error: {e}", file=sys.stderr)
+    except (ConfigError, CorpusError, CheckpointError, DivergenceError, EvaluationError, UsageError) as e:
+        if _is_rank0(): print(f"slm: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("slm: interrupted", file=sys.stderr)

@@ -252,7 +252,8 @@ def evaluate_run(run_dir,                    # a run folder (or one checkpoint f
     """Exact evaluation of a trained run: every target of the text scored once (`score_tokens`), next to the bigram,
     unigram and uniform baselines counted on the run's own training split. A `data` file is read like the run's corpus
     (same Unicode folding; characters outside the vocabulary become `<UNK>` and are counted). Raises `EvaluationError`
-    for a bad path, an unreadable, non-text or empty file, or a text shorter than two characters."""
+    for a bad path, an unreadable, non-text or empty file, a text shorter than two characters, or a model whose logits
+    are NaN or infinite (a run that diverged)."""
     model, tok, cfg, ckpt, step = load_for_eval(run_dir, which, device)
     d, T = cfg.data, cfg.model.context_length
     try: splits = load_corpus(d.source, T, d.val_fraction, d.fold_unicode, tokenizer=tok, cache=d.cache_dir,
@@ -261,6 +262,10 @@ def evaluate_run(run_dir,                    # a run folder (or one checkpoint f
     if data is None: ids, what = splits.val, f"validation split of {d.source} (last {d.val_fraction:g} of the tokens)"
     else: ids, what = tok.encode(_read_eval_text(data, d.fold_unicode), unk="ignore"), str(data)
     scores = score_tokens(model, ids, batch_size, tail)
+    if not math.isfinite(scores.mean_loss):
+        raise EvaluationError(f"{ckpt}: the model's logits are NaN or infinite (its loss is {scores.mean_loss}): "
+                              "its weights diverged in training, or overflow on this text; "
+                              "evaluate a checkpoint written before that")
     rows = [LossStat(f"model (step {step})", scores.mean_loss, scores.n_scored)] + baseline_losses(splits.train, ids, tok.vocab_size)
     return EvalReport(str(run_dir), str(ckpt), step, what, len(ids), int(np.count_nonzero(np.asarray(ids) == tok.unk_id)), T,
                       rows, loss_by_position(scores, T)[0], scores.mean_entropy)
@@ -307,7 +312,7 @@ class RunSummary:
     best_val_loss: float | None     # the lowest validation loss logged
     tokens_per_s: float | None      # median training throughput over the logged intervals
     wall_s: float | None            # training wall time at the last record, all segments of a resumed run
-    status: str | None              # from the manifest: finished, paused, interrupted, failed or running
+    status: str | None              # from the manifest: finished, paused, interrupted, diverged, failed or running
 
 def run_summary(run_dir) -> RunSummary:
     "Read a run folder written by `slm.training.train`. Raises `EvaluationError` if the folder, its config.yaml or its metrics.jsonl is missing or unreadable."

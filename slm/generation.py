@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import eval_mode
-from .training import Callback, register_callback
+from .training import Callback, DivergenceError, register_callback
 
 # %% auto #0
 __all__ = ['plot_next_token_probs', 'check_sampling_params', 'greedy', 'apply_temperature', 'top_k_filter', 'top_p_filter',
@@ -192,6 +192,9 @@ def _pack(kind: str, seq, lens, generated, step_logits, V: int, pad_id: int, ret
     if kind == "1d": out, lgt = out[0], lgt[0]
     return (out, lgt) if return_logits else out
 
+_NOT_FINITE = ("the model's logits are NaN or infinite: its weights are not finite (its training diverged) or overflow "
+               "on this prompt; sample from a checkpoint written before the divergence")
+
 def generate(model,                        # a `GPT`: `cfg.context_length`, `forward(idx, kv_cache=)`, `new_kv_cache(B)`
              idx,                          # prompt ids: an int tensor `(B, T0)` or `(T0,)`, or a list of 1-D id sequences of any lengths
              max_new_tokens: int = 500,    # tokens to generate per prompt (fewer where a stop sequence ends a row)
@@ -210,7 +213,8 @@ def generate(model,                        # a `GPT`: `cfg.context_length`, `for
     Tensor input `(B, T0)` returns `(B, T0 + n)`, n <= max_new_tokens the most any row generated (rows that stopped
     early are padded with `pad_id`); `(T0,)` returns `(T0 + n,)`; a list returns a list of 1-D tensors (prompt +
     generated, no padding). With `return_logits`: also the logits, `(B, n, V)` (NaN after a row's end), `(n, V)`, or a
-    list of `(n_b, V)`. Raises `ValueError` on bad parameters or an empty prompt."""
+    list of `(n_b, V)`. Raises `ValueError` on bad parameters or an empty prompt, `DivergenceError` (chapter 05) if
+    the model's logits are NaN or infinite."""
     check_sampling_params(temperature, top_k, top_p, max_new_tokens)
     C = model.cfg.context_length
     context_start(C, C, crop_to)                                     # validates crop_to
@@ -236,12 +240,15 @@ def generate(model,                        # a `GPT`: `cfg.context_length`, `for
                 cache.reset(); cache_start = s
                 logits = model(seq[:, s:L], kv_cache=cache)[0][:, -1]
             else: logits = model(seq[:, L - 1:L], kv_cache=cache)[0][:, -1]   # decode: only the newest token
+            if not bool(torch.isfinite(logits).all()): raise DivergenceError(_NOT_FINITE)
+            temp = temperature   # so small that logits / temp overflow (or 0 in float32): sample its limit, greedy
+            if 0 < temp < 1 and not bool(torch.isfinite(logits.float() / temp).all()): temp = 0
             if L == seq.shape[1]: seq = torch.cat([seq, torch.full_like(seq, pad_id)], 1)
             rows = [b for b in range(B) if not done[b] and L >= lens[b]]      # rows still reading their prompt are forced
             if rows:
                 g = [gens[b] for b in rows] if isinstance(gens, list) else gens
                 every = len(rows) == B                                         # the common case: no gather needed
-                new = sample_next(logits if every else logits[rows], temperature, top_k, top_p, generator=g)
+                new = sample_next(logits if every else logits[rows], temp, top_k, top_p, generator=g)
                 if every: seq[:, L] = new
                 else: seq[rows, L] = new
                 for b, t in zip(rows, new.tolist()):

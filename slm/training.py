@@ -43,8 +43,8 @@ __all__ = ['NS_COEFFICIENTS', 'OPTIMIZERS', 'CHECKPOINT_FORMAT', 'CALLBACKS', 'p
            'newest_valid', 'find_checkpoint', 'plot_loss_curve', 'save_loss_curve', 'SpikeDetector',
            'TrainingInterrupted', 'StopOnSignal', 'Callback', 'register_callback', 'LRSpike', 'DistContext',
            'distributed_context', 'Meter', 'Run', 'checkpoint_state', 'restore_state', 'open_run', 'count_step',
-           'log_metrics', 'save_rolling', 'report_eval', 'run_eval', 'can_rollback', 'rollback', 'world_barrier',
-           'RunResult', 'finish', 'train', 'load_run']
+           'log_metrics', 'save_rolling', 'report_eval', 'run_eval', 'DivergenceError', 'rollback_refusal',
+           'can_rollback', 'rollback', 'world_barrier', 'diverge', 'RunResult', 'finish', 'train', 'load_run']
 
 # %% ../nbs/05_training.ipynb #0bf734bb
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -292,23 +292,33 @@ def seed_everything(seed: int):
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
 
 # %% ../nbs/05_training.ipynb #3954c55f
+_ADDRESSABLE = 2**63   # bytes (and elements of a tensor) that PyTorch's 64-bit sizes address: more than any machine has
+
+def _training_bytes(cfg: TrainingConfig) -> tuple[int | None, int]:
+    """`(state, activations)` of one training step in bytes, exact in Python integers whatever the sizes; state is
+    None where PyTorch cannot even describe a weight."""
+    m, b = cfg.model, cfg.training.batch_size
+    s, h, a = m.context_length, m.d_model, m.n_heads
+    activations = m.n_layers * 2 * s * b * (34 * h + 5 * a * s) + 12 * b * s * m.vocab_size
+    try:   # every block has the same shapes: count one and two on the meta device, and extrapolate to n_layers
+        with torch.device("meta"): one, two = (GPT(m.model_copy(update={"n_layers": n})).num_params() for n in (1, 2))
+    except (RuntimeError, OverflowError, TypeError, ValueError): return None, activations   # sizes beyond 64 bits
+    return 16 * (one + (m.n_layers - 1) * (two - one)), activations
+
 def training_memory_gb(cfg: TrainingConfig) -> tuple[float, float]:
     """What one training step of `cfg` needs, in GB (10⁹ bytes), estimated before anything is allocated:
-    `(state, activations)`. state: 16 bytes per parameter (float32 weights 4, gradients 4, AdamW's two moments 8;
-    the other optimizers keep less), counted on a `GPT` built on the meta device. activations: per layer
-    `s·b·h·(34 + 5·a·s/h)` bytes for 16-bit activations (Korthikanti et al. 2022, "Reducing Activation Recomputation
-    in Large Transformer Models"; s the context length, b `training.batch_size`, h `d_model`, a `n_heads`), doubled
-    for float32, plus 12·b·s·V bytes for the logits, their softmax and its gradient."""
-    m, b = cfg.model, cfg.training.batch_size
-    try:
-        with torch.device("meta"): n = GPT(m).num_params()
-    except RuntimeError: return math.inf, math.inf          # a weight too large for PyTorch even to describe
-    s, h, a = m.context_length, m.d_model, m.n_heads
-    activations = m.n_layers * 2 * s * b * h * (34 + 5 * a * s / h) + 12 * b * s * m.vocab_size
-    return 16 * n / 1e9, activations / 1e9
+    `(state, activations)`, `inf` beyond what PyTorch can address. state: 16 bytes per parameter (float32 weights 4,
+    gradients 4, AdamW's two moments 8; the other optimizers keep less), counted on a `GPT` of one and of two blocks
+    built on the meta device. activations: per layer `s·b·h·(34 + 5·a·s/h)` bytes for 16-bit activations
+    (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models"; s the context length,
+    b `training.batch_size`, h `d_model`, a `n_heads`), doubled for float32, plus 12·b·s·V bytes for the logits,
+    their softmax and its gradient."""
+    gb = lambda n: math.inf if n is None or n >= _ADDRESSABLE else n / 1e9
+    return tuple(gb(n) for n in _training_bytes(cfg))
 
 def available_memory_gb(device: torch.device) -> float | None:
-    "Memory free for a run on `device`, in GB: the GPU's free memory, or the CPU's `MemAvailable` (Linux); None where unknown (then nothing is checked)."
+    """Memory free for a run on `device`, in GB: the GPU's free memory, or the CPU's `MemAvailable` (Linux); None
+    where unknown (then only the limit of any machine is checked)."""
     if device.type == "cuda": return torch.cuda.mem_get_info(device)[0] / 1e9
     if device.type != "cpu": return None
     try:
@@ -317,18 +327,26 @@ def available_memory_gb(device: torch.device) -> float | None:
     except OSError: return None
 
 def check_memory(cfg: TrainingConfig, device: torch.device):
-    "Raise `ConfigError` (one line: the keys that set the size, the estimate and what the device has free) if `training_memory_gb(cfg)` is more than `device` has. On the CPU every process that torchrun starts on the machine counts."
-    free = available_memory_gb(device)
-    if free is None: return
-    state, act = training_memory_gb(cfg)
-    need = (state + act) * (int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1)
-    if need <= free: return
+    """Raise `ConfigError` (one line: the keys that set the size, the estimate and what the device has free) if
+    `training_memory_gb(cfg)` is more than `device` has, or more than PyTorch can address on any machine (checked on
+    every device, whatever the magnitude of the numbers). On the CPU every process that torchrun starts on the
+    machine counts."""
     m = cfg.model
     keys = (f"model.n_layers={m.n_layers}, model.d_model={m.d_model}, model.d_ff={m.d_ff}, "
-            f"model.context_length={m.context_length}, training.batch_size={cfg.training.batch_size}")
-    if math.isinf(need): raise ConfigError(f"too big for any machine: {keys} make weights with more elements than PyTorch can address")
-    raise ConfigError(f"too big for this machine: {keys} need about {need:,.1f} GB ({state:,.1f} GB of weights, gradients and "
-                      f"optimizer state, {act:,.1f} GB of activations per process) and the {device.type} has {free:,.1f} GB free")
+            f"model.context_length={m.context_length}, model.vocab_size={m.vocab_size}, "
+            f"training.batch_size={cfg.training.batch_size}")
+    state, act = _training_bytes(cfg)
+    if state is None or state + act >= _ADDRESSABLE:
+        raise ConfigError(f"too big for any machine: {keys} make a model and batch larger than PyTorch can address "
+                          "(2**63 bytes)")
+    free = available_memory_gb(device)
+    if free is None: return
+    state, act = state / 1e9, act / 1e9
+    need = (state + act) * (int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1)
+    if need <= free: return
+    raise ConfigError(f"too big for this machine: {keys} need about {need:,.1f} GB ({state:,.1f} GB of weights, "
+                      f"gradients and optimizer state, {act:,.1f} GB of activations per process) and the {device.type} "
+                      f"has {free:,.1f} GB free")
 
 # %% ../nbs/05_training.ipynb #e160d7cb
 CHECKPOINT_FORMAT = 1  # the "format" field of every checkpoint dict; bumped if the layout changes
@@ -605,7 +623,7 @@ class Callback:
     def on_eval(self, run, step: int, val_loss: float):
         "Called after each evaluation, step 0 included, before the metrics line is written."
     def on_train_end(self, run, status: str):
-        "Called once when the run ends: status is finished, paused, interrupted or failed."
+        "Called once when the run ends: status is finished, paused, interrupted, diverged or failed."
 
 CALLBACKS: dict[str, Callable] = {}   # name -> factory(cfg) -> Callback | None, asked by every run
 
@@ -738,6 +756,7 @@ class Run:
     last_rec: dict = field(default_factory=dict)
     pending: dict = field(default_factory=dict)   # callback fields for the next metrics line
     rollbacks: int = 0
+    nonfinite_at: int | None = None                # the step of the last NaN loss rolled back (another by then stops)
     elapsed0: float = 0.0                          # wall time of earlier segments of a resumed run
     t0: float = field(default_factory=time.perf_counter)
     meter: Meter = field(default_factory=Meter)
@@ -808,9 +827,13 @@ def _make_tokenizer(kind: str) -> Tokenizer:
 def _build(cfg: TrainingConfig, tok: Tokenizer, say: Callable, callbacks, dist: DistContext) -> Run:
     "Every piece of a run built from `cfg`, in the order that keeps the random draws reproducible (wrapped for data parallel under torchrun)."
     m, d, o, rank, device = cfg.model, cfg.data, cfg.other, dist.rank, dist.device_
-    if tok.vocab_size > m.vocab_size:
-        raise ConfigError(f"{m.vocab_size} is smaller than the tokenizer's vocabulary ({tok.vocab_size} ids)", "model.vocab_size")
+    if tok.vocab_size != m.vocab_size:   # a larger vocabulary would train, but no tokenizer reads its samples
+        raise ConfigError(f"must match the tokenizer ({tok.vocab_size} ids), got {m.vocab_size}", "model.vocab_size")
     check_memory(cfg, device)                            # before the corpus is read or the model allocated
+    cores = os.cpu_count() or 1                          # more threads only contend; thousands make OpenMP abort
+    if (o.num_threads or 0) > 4 * cores:
+        raise ConfigError(f"{o.num_threads} is more than 4 per core ({cores} cores: at most {4 * cores}; "
+                          "null = torch's default)", "other.num_threads")
     dtype = resolve_dtype(o.dtype, device)
     if o.dtype == "auto": say(f"other.dtype auto: {dtype} on this {device.type}")
     elif dtype == "bfloat16" and not has_fast_bfloat16(device):
@@ -861,7 +884,7 @@ def checkpoint_state(run: Run, val_loss: float | None) -> dict:
             **_random_states(run), "world_size": run.world,
             "progress": {"best_val_loss": run.best, "tokens": run.tokens, "elapsed_s": run.elapsed(), "meter": run.meter.line(),
                          "last_val_loss": run.last_val, "hooks": run.hooks.state_dict(), "telemetry": run.health.state_dict(),
-                         "rollbacks": run.rollbacks}}
+                         "rollbacks": run.rollbacks, "nonfinite_at": run.nonfinite_at}}
 
 def restore_state(run: Run, ckpt: dict, path: Path, everything: bool = True):
     "Put the state of `ckpt` back into `run`: model, optimizer, hooks, telemetry and counters; with `everything`, also the sampler and random states (an exact resume; a rollback keeps them). Raises `CheckpointError` if it does not fit the run."
@@ -877,6 +900,7 @@ def restore_state(run: Run, ckpt: dict, path: Path, everything: bool = True):
     run.hooks.load_state_dict(p.get("hooks")); run.health.load_state_dict(p.get("telemetry"))
     if everything:
         run.best, run.elapsed0, run.last_val, run.rollbacks = p["best_val_loss"], p["elapsed_s"], p.get("last_val_loss"), p.get("rollbacks", 0)
+        run.nonfinite_at = p.get("nonfinite_at")
         run.meter.reset(p["meter"])
         rng = ckpt["rng"]
         set_rng_state(rng[run.rank] if isinstance(rng, list) else rng)   # a data-parallel checkpoint holds one state per process
@@ -963,15 +987,34 @@ def run_eval(run: Run, step: int) -> float:
     "Measure the validation loss (every process takes part; the same number on all) and tell the callbacks. The batches have the global batch size, so `eval.eval_batches` means the same windows whatever the number of processes."
     ec = run.cfg.eval
     val = evaluate(run.model, run.val, run.cfg.training.batch_size * run.world, ec.eval_batches, run.amp, run.rank, run.world)
+    if not math.isfinite(val): return val            # a diverged model: `train` rolls back or stops
     run.last_val = val
     for cb in run.callbacks: cb.on_eval(run, step, val)
     return val
 
 # %% ../nbs/05_training.ipynb #f23ffc93
+class DivergenceError(FloatingPointError):
+    """Numbers that must be finite are not: training diverged (a loss became NaN or infinite and no rollback was
+    possible), or a model's logits are NaN or infinite when it is sampled (chapter 06). `str(e)` is one line: what
+    happened, where, and what to try; `run_dir` and `step` say where a run stopped (None outside `train`)."""
+    def __init__(self, message: str, run_dir: Path | None = None, step: int | None = None):
+        self.run_dir, self.step = run_dir, step
+        super().__init__(message)
+
+def rollback_refusal(run: Run, step: int | None = None) -> str | None:
+    """Why the run cannot roll back (None if it can): rollback is off, a NaN at `step` came back after a rollback,
+    the budget `max_rollbacks` is used up, or there is no checkpoint yet."""
+    tc = run.cfg.training
+    if not tc.rollback: return "rollback is off (training.rollback: false)"
+    if step is not None and run.nonfinite_at is not None and step <= run.nonfinite_at:
+        return "it came back after a rollback"
+    if run.rollbacks >= tc.max_rollbacks: return f"rollbacks are used up (training.max_rollbacks: {tc.max_rollbacks})"
+    if not list_checkpoints(run.dir): return "there is no checkpoint to roll back to yet"
+    return None
+
 def can_rollback(run: Run) -> bool:
     "True if a spike or NaN may roll the run back: rollback is on, the budget `max_rollbacks` is not used up, and a checkpoint exists."
-    tc = run.cfg.training
-    return tc.rollback and run.rollbacks < tc.max_rollbacks and bool(list_checkpoints(run.dir))
+    return rollback_refusal(run) is None
 
 def rollback(run: Run, step: int, reason: str) -> int:
     """Go back to the second-most-recent checkpoint (the most recent if there is one only; decision D16), delete the
@@ -991,6 +1034,36 @@ def world_barrier(run: Run) -> bool:
     "Wait until every process of a data-parallel run gets here (a no-op in one process); True."
     if run.world > 1: torch.distributed.barrier()
     return True
+
+def _advice(run: Run, step: int) -> str:
+    "What to try after a divergence at `step`."
+    tc, m = run.cfg.training, run.cfg.model
+    if step == 0: return f"the untrained model already overflows: lower model.init_std (now {m.init_std:g})"
+    clip = (f"clip the gradients harder (training.grad_clip, now {tc.grad_clip:g})" if tc.grad_clip
+            else "clip the gradients (training.grad_clip: 1)")
+    tip = f"lower training.lr, warm up longer (training.warmup_steps, now {tc.warmup_steps}) or {clip}"
+    decay = tc.lr * tc.weight_decay
+    if decay < 1: return tip
+    return tip + f", and lower training.weight_decay (lr × weight_decay = {decay:.3g}; it must stay well below 1)"
+
+def diverge(run: Run, step: int, lr: float, what: str, flush: tuple | None = None) -> int:
+    """A NaN or infinite loss at `step` (`what`, e.g. 'training loss is nan'): roll back if `rollback_refusal` allows
+    it and return the step to continue after; otherwise raise `DivergenceError`, after writing what the run did: the
+    steps since the last metrics line (`flush`: their learning rate and gradient norm), a `diverged` record at `step`
+    in metrics.jsonl and the manifest, and the loss curve."""
+    why = rollback_refusal(run, step)
+    if why is None:
+        run.nonfinite_at = step
+        return rollback(run, step, what)
+    last = "no finite loss yet" if run.last_loss is None else f"last finite loss {run.last_loss:.4g} at step {run.step}"
+    msg = (f"training diverged at step {step}: the {what} (learning rate {lr:.3g}, {last}) and {why}; "
+           f"{_advice(run, step)}; the metrics up to step {step} are in {run.dir}")
+    if flush is not None and run.meter.n: log_metrics(run, run.step, *flush, None)
+    rec = {"what": what, "lr": lr, "last_finite_loss": run.last_loss, "reason": why}
+    run.write("metrics.jsonl", {"step": step, "diverged": rec, "elapsed_s": round(run.elapsed(), 3)})
+    run.manifest["diverged"] = {"step": step, **rec}
+    if run.folder is not None and (run.last_loss is not None or run.best is not None): save_loss_curve(run.folder.path)
+    raise DivergenceError(msg, run.dir, step)
 
 # %% ../nbs/05_training.ipynb #3230d2ed
 @dataclass
@@ -1046,7 +1119,8 @@ def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; i
     `training.time_budget_s` also finishes (exact evaluation, checkpoint) at the first step that ends after that many
     seconds of the run's wall time, all segments together. Under `torchrun` it trains one model on every process (section 16). Raises
     `TrainingInterrupted` on Ctrl-C or SIGTERM (after saving a checkpoint), `ConfigError`, `CorpusError` or
-    `CheckpointError` for bad input, `FloatingPointError` if the loss becomes NaN/inf and no rollback is possible."""
+    `CheckpointError` for bad input, `DivergenceError` (a `FloatingPointError`) if a loss becomes NaN or infinite and no
+    rollback is possible (the run folder keeps the metrics up to that step; see `diverge`)."""
     dist = distributed_context()
     run = open_run(cfg, resume, (lambda s: None) if quiet or dist.rank else print, callbacks, dist)
     tc, ec, cc = run.cfg.training, run.cfg.eval, run.cfg.checkpoint
@@ -1059,6 +1133,7 @@ def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; i
         with StopOnSignal(run.say) as stop:
             for cb in run.callbacks: cb.on_train_begin(run)
             if run.step == 0: _first_eval(run)
+            prev = None                                   # (lr, gradient norm) of the last step counted
             while run.step < end and not out_of_time():
                 step = run.step + 1
                 lr = lr_at(step, tc, clock / budget if budget else 0.0)
@@ -1067,13 +1142,14 @@ def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; i
                 loss, grad_norm = train_step(run.fmodel, run.opt, run.batches, tc.grad_accum_steps, lr, tc.grad_clip, run.amp, run.hooks,
                                              dist.no_sync(run.fmodel))
                 loss, stop.requested, clock = dist.agree(loss, stop.requested, run.elapsed())   # data parallel: the mean loss, stop if any must
-                if not math.isfinite(loss):
-                    if can_rollback(run): rollback(run, step, f"training loss is {loss}"); continue
-                    raise FloatingPointError(f"training loss is {loss} at step {step}; last checkpoint: {run.last_ckpt}")
-                count_step(run, step, loss, time.perf_counter() - t)
+                if not math.isfinite(loss):                  # roll back, or stop with `DivergenceError`
+                    diverge(run, step, lr, f"training loss is {loss}", prev); continue
+                count_step(run, step, loss, time.perf_counter() - t); prev = (lr, grad_norm)
                 last = (step == end and end >= tc.max_steps) or out_of_time()   # the run's last step: an exact evaluation
                 if out_of_time(): run.say(f"step {step}: the time budget of {budget:g} s is used up ({clock:.0f} s)")
                 val = run_eval(run, step) if step % ec.eval_interval == 0 or last else None
+                if val is not None and not math.isfinite(val):
+                    diverge(run, step, lr, f"validation loss is {val}", prev); continue
                 for cb in run.callbacks: run.pending.update(cb.on_step_end(run, step) or {})
                 if step % ec.log_interval == 0 or val is not None or run.pending: log_metrics(run, step, lr, grad_norm, val)
                 if run.last_rec.get("step") == step and run.last_rec.get("spike") and can_rollback(run):
@@ -1084,6 +1160,8 @@ def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; i
     except KeyboardInterrupt:   # the first Ctrl-C saved a checkpoint at this step; a second one falls back to the last saved
         finish(run, "interrupted")
         raise TrainingInterrupted(run.dir, run.step, run.last_ckpt, getattr(stop, "signum", None) or signal.SIGINT, run.world) from None
+    except DivergenceError:
+        finish(run, "diverged"); raise
     except BaseException:
         finish(run, "failed"); raise
     if idle: run.say(f"{run.dir} is already at step {start}{' and out of its time budget' if out_of_time() else ''}; nothing to do")
@@ -1093,6 +1171,7 @@ def _first_eval(run: Run):
     "Step 0: the untrained model's validation loss (≈ ln vocab_size), logged and reported."
     for cb in run.callbacks: run.pending.update(cb.on_step_end(run, 0) or {})
     v = run_eval(run, 0)
+    if not math.isfinite(v): diverge(run, 0, run.cfg.training.lr, f"validation loss of the untrained model is {v}")
     log_metrics(run, 0, lr_at(0, run.cfg.training), None, v)
     report_eval(run, 0, v)
 
