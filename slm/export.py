@@ -345,7 +345,7 @@ def export_run(run_dir,                # a run folder or a checkpoint file
             raise ExportError(f"{run_dir}: transformers' {arch} computes logits {diff:.1e} away from slm's "
                               f"(limit {LOGIT_TOLERANCE:g}); nothing was written")
         sample = tok.decode(val[:20_000]) if val is not None else "".join(tok.chars) * 3
-        if tf.AutoTokenizer.from_pretrained(stage)(sample)["input_ids"] != tok.encode(sample, unk="ignore").tolist():
+        if tf.AutoTokenizer.from_pretrained(stage)(sample, verbose=False)["input_ids"] != tok.encode(sample, unk="ignore").tolist():
             raise ExportError(f"{run_dir}: the exported tokenizer encodes text differently from the run's; nothing was written")
         v = hv = None
         if evaluate and val is not None:
