@@ -15,7 +15,7 @@ from . import __version__
 
 # %% auto #0
 __all__ = ['CHAT_HELP', 'cmd_corpus', 'UsageError', 'cmd_train', 'cmd_generate', 'chat_set', 'cmd_chat', 'cmd_evaluate',
-           'cmd_compare', 'cmd_bench', 'build_parser', 'main']
+           'cmd_compare', 'cmd_export', 'cmd_bench', 'build_parser', 'main']
 
 # %% ../nbs/cli.ipynb #90ae18a2
 def _add_config_args(p: argparse.ArgumentParser, required: bool = False):
@@ -254,6 +254,20 @@ def cmd_compare(args) -> int:
     if args.plot: print(f"loss curves saved to {args.plot}")
     return 0
 
+def cmd_export(args) -> int:
+    "`slm export RUN_DIR OUT_DIR [--best]`: write the run as a folder transformers loads (companion 07a's `export_run`) and print what was checked."
+    _load_chapters()
+    from slm.export import export_run
+    from slm.model import bits_per_char
+    r = export_run(args.run, args.out, "best" if args.best else "latest")
+    print(f"exported {r.run_dir} (step {r.step}) as {r.architecture} to {r.out_dir}: {', '.join(r.files)}")
+    print(f"largest logit difference, slm - transformers: {r.max_logit_diff:.1e} over {r.check_windows} validation windows")
+    if r.val_loss is not None:
+        print(f"validation loss: {r.val_loss:.4f} nats/char = {bits_per_char(r.val_loss):.4f} bits/char (slm), "
+              f"{r.hf_val_loss:.4f} nats/char (transformers)")
+    print(f'load it: AutoModelForCausalLM.from_pretrained("{r.out_dir}"), AutoTokenizer.from_pretrained("{r.out_dir}")')
+    return 0
+
 # %% ../nbs/cli.ipynb #92b58456
 def cmd_bench(args) -> int:
     "`slm bench [CONFIG]`: print the JSON report of chapter 07's `run_bench` (training tokens/s and MFU per dtype, generation with and without the KV cache, each eager and through torch.compile, tokenizer, `targets_met`); with `--sweep` its `bench_sweep` (cost as context length and d_model grow), with `--ingest` chapter 01's `ingest_benchmark` (token-cache build speed and peak memory for 50 MB, 200 MB and 1 GB corpora)."
@@ -314,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 def _add_run_commands(sub):
-    "The subcommands that make or use a model: corpus, train, generate, chat."
+    "The subcommands that make or use a model: corpus, train, generate, chat, export."
     c = sub.add_parser("corpus", help="print statistics of the configured corpus",
                        description="Load the corpus named by the config's data.source and print its statistics.")
     _add_config_args(c)
@@ -347,6 +361,14 @@ def _add_run_commands(sub):
                     help="keep the line history in FILE between sessions (default: %(default)s; '' keeps none)")
     _add_sampling_args(ch)
     ch.set_defaults(func=cmd_chat)
+
+    x = sub.add_parser("export", help="write a run as a folder Hugging Face transformers loads",
+                       description="Write the run's model, tokenizer, sampling defaults and a model card to OUT_DIR, "
+                                   "for transformers' from_pretrained (needs the hf extra: pip install -e \".[hf]\").")
+    x.add_argument("run", metavar="RUN_DIR|CHECKPOINT")
+    x.add_argument("out", metavar="OUT_DIR", help="the folder to write (new, or empty)")
+    x.add_argument("--best", action="store_true", help="use best.pt instead of the newest checkpoint")
+    x.set_defaults(func=cmd_export)
 
 def _add_inspect_commands(sub):
     "The subcommands that measure: evaluate, compare, bench."
@@ -416,9 +438,10 @@ def _run(args) -> int:
     from slm.config import ConfigError
     from slm.data import CorpusError
     from slm.evaluation import EvaluationError
+    from slm.export import ExportError
     from slm.training import CheckpointError, DivergenceError
     try: return args.func(args)
-    except (ConfigError, CorpusError, CheckpointError, DivergenceError, EvaluationError, UsageError) as e:
+    except (ConfigError, CorpusError, CheckpointError, DivergenceError, EvaluationError, ExportError, UsageError) as e:
         if _is_rank0(): print(f"slm: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
