@@ -1139,8 +1139,11 @@ def train(cfg: TrainingConfig | None = None, # the config (None: the defaults; i
                 lr = lr_at(step, tc, clock / budget if budget else 0.0)
                 for cb in run.callbacks: lr = cb.adjust_lr(step, lr)
                 t = time.perf_counter()
-                loss, grad_norm = train_step(run.fmodel, run.opt, run.batches, tc.grad_accum_steps, lr, tc.grad_clip, run.amp, run.hooks,
-                                             dist.no_sync(run.fmodel))
+                try: loss, grad_norm = train_step(run.fmodel, run.opt, run.batches, tc.grad_accum_steps, lr, tc.grad_clip,
+                                                  run.amp, run.hooks, dist.no_sync(run.fmodel))
+                except RuntimeError as e:                    # an update beyond float32 (an lr of 1e37): a divergence too
+                    if "overflow" not in str(e): raise
+                    diverge(run, step, lr, f"update overflowed float32 ({e})", prev); continue
                 loss, stop.requested, clock = dist.agree(loss, stop.requested, run.elapsed())   # data parallel: the mean loss, stop if any must
                 if not math.isfinite(loss):                  # roll back, or stop with `DivergenceError`
                     diverge(run, step, lr, f"training loss is {loss}", prev); continue

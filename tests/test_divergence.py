@@ -70,6 +70,15 @@ def test_a_huge_weight_decay_says_so(tmp_path):
     assert "training diverged at step" in line and "lower training.weight_decay" in line
 
 
+def test_an_update_beyond_float32_is_a_divergence(tmp_path):
+    "lr 3.4e37 (found by the property test): AdamW's first step overflows float32 inside torch; one line, exit 2."
+    r = slm_in_process("train", TINY_CONFIG, "--no-progress", "--set", "training.lr=3.402823466385288e+37", *QUICK,
+                       "--set", f"checkpoint.runs_dir={tmp_path}")
+    line = one_line(r)
+    assert "training diverged at step 1: the update overflowed float32" in line and "lower training.lr" in line
+    assert json.loads((only_run(tmp_path) / "manifest.json").read_text())["status"] == "diverged"
+
+
 def _tiny_cfg(tmp_path, **training):
     return load_config(TINY_CONFIG, ["eval.eval_batches=1", "eval.sample_length=0", "training.max_steps=30",
                                      "checkpoint.interval=10", f"checkpoint.runs_dir={tmp_path}", "other.run_name=r",
