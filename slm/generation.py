@@ -99,7 +99,8 @@ def top_p_filter(logits: torch.Tensor, # logits `(..., V)`
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.float().softmax(dim=-1)
     mass_before = probs.cumsum(dim=-1) - probs                # probability of all more likely tokens
-    remove_sorted = mass_before >= p                           # the first token has mass_before = 0 < p: always kept
+    remove_sorted = mass_before >= p                           # the first token has mass_before = 0 < p: always kept,
+    remove_sorted[..., 0] = False                              # even for a p below float32's range (1e-300 is 0 there)
     remove = remove_sorted.scatter(-1, order, remove_sorted)   # back from sorted order to vocabulary order
     return logits.masked_fill(remove, float("-inf"))
 

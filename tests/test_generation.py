@@ -274,3 +274,11 @@ def test_compiled_model_generates_what_the_eager_one_does(model):
     gen = [torch.Generator().manual_seed(3) for _ in range(2)]                      # sampling: the same draws from the same logits
     again = [torch.Generator().manual_seed(3) for _ in range(2)]
     assert all(torch.equal(a, b) for a, b in zip(generate(compiled, prompts, 30, generator=gen), generate(model, prompts, 30, generator=again)))
+
+
+def test_top_p_below_float32_range_keeps_the_most_likely_token():
+    "top_p 1e-300 (found by the property test) is 0 in float32: the nucleus is still the most likely token, not empty."
+    from slm.generation import top_p_filter
+    logits = torch.randn(4, 99, generator=torch.Generator().manual_seed(0))
+    kept = torch.isfinite(top_p_filter(logits, 1e-300))
+    assert kept.sum(-1).tolist() == [1, 1, 1, 1] and kept.float().argmax(-1).tolist() == logits.argmax(-1).tolist()
