@@ -159,8 +159,9 @@ def check_case(cases, in_file: bool):
 
 SMALL = settings(max_examples=6, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-LARGE = settings(max_examples=300, deadline=None, database=None,
+LARGE = settings(max_examples=120, deadline=None, derandomize=True, database=None,   # the same 120 on every run:
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# a CI run finds what the code broke, not what a new seed happens to reach (a random 300 is how new bugs are hunted)
 
 
 @SMALL
