@@ -51,10 +51,18 @@ def notebook_title(nb_path: Path) -> str:
     raise ValueError(f"{nb_path}: no '# Title' markdown line")
 
 
-def site_pages(root: Path = ROOT) -> list[str]:
-    "The site's pages in sidebar order: the notebook names listed under `website.sidebar.contents` in `_quarto.yml`."
+def site_nav(root: Path = ROOT) -> list[tuple[str | None, list[tuple[str, str | None]]]]:
+    """The sidebar of `_quarto.yml` (`website.sidebar.contents`) as [(section title or None, [(notebook, label or None)])]:
+    a page listed at the top level is a section of its own with no title; a label is the entry's `text`."""
     cfg = yaml.safe_load((root / "_quarto.yml").read_text())
-    return [p if isinstance(p, str) else p["href"] for p in cfg["website"]["sidebar"]["contents"]]
+    def entry(p) -> tuple[str, str | None]: return (p, None) if isinstance(p, str) else (p["href"], p.get("text"))
+    return [(None, [entry(p)]) if isinstance(p, str) or "href" in p else (p["section"], [entry(q) for q in p["contents"]])
+            for p in cfg["website"]["sidebar"]["contents"]]
+
+
+def site_pages(root: Path = ROOT) -> list[str]:
+    "The site's pages in sidebar order: the notebooks listed under `website.sidebar.contents` in `_quarto.yml`."
+    return [nb for _, entries in site_nav(root) for nb, _ in entries]
 
 
 def chapter_table(root: Path = ROOT) -> dict[str, str]:
@@ -263,7 +271,13 @@ def build_site(root: Path = ROOT, out: str = "_site") -> list[Path]:
     texts, dropped = unlink_missing_anchors(texts)
     if dropped: print("docs: names with no show_doc entry to link to, shown unlinked:", ", ".join(sorted(dropped)))
     for name, text in texts.items(): (docs / f"{name}.md").write_text(text)
-    nav = [{_front_matter(nb).get("title", stem).replace("`", ""): f"{page_of[stem]}.md"} for stem, nb in nbs.items()]   # nav labels are plain text
+    def item(p: str, label: str | None) -> dict:   # nav labels are plain text
+        return {(label or _front_matter(nbs[Path(p).stem]).get("title", Path(p).stem)).replace("`", ""): f"{page_of[Path(p).stem]}.md"}
+    nav = []
+    for section, entries in site_nav(root):
+        items = [item(p, label) for p, label in entries if p in listed]
+        if section is None: nav += items
+        elif items: nav.append({section: items})
     sys.path.insert(0, str(Path(__file__).resolve().parent))    # for `!!python/name:docs_offline.pandoc_slug`
     shutil.rmtree(root / out, ignore_errors=True)
     build(load_config(str(SITE_CONFIG / "mkdocs.yml"), docs_dir=str(docs), site_dir=str(root / out), nav=nav, strict=True))

@@ -56,6 +56,17 @@ def test_readme_starts_with_the_two_setup_commands():
 
 # -------------------------------------------------------------------------------------- page list
 
+def test_the_sidebar_shows_the_two_parts_with_chapter_numbers():
+    nav = dict((section, entries) for section, entries in docs_offline.site_nav(ROOT) if section)
+    part1, part2 = (next(e for s, e in nav.items() if s.startswith(f"Part {n}")) for n in ("I ", "II "))
+    for entries, pattern in ((part1, r"\d\d_"), (part2, r"\d\d[a-z]_")):
+        for nb, label in entries:
+            assert re.match(pattern, nb), f"{nb} is listed in the wrong part"
+            assert label and label.startswith(nb.split("_")[0] + " · "), f"{nb}: label {label!r} lacks its number"
+    assert [nb for nb, _ in part1] == sorted(p.name for p in NOTEBOOKS if re.match(r"\d\d_", p.name))
+    assert [nb for nb, _ in part2] == sorted(p.name for p in NOTEBOOKS if re.match(r"\d\d[a-z]_", p.name))
+
+
 def test_every_notebook_is_in_the_sidebar_list():
     listed = set(docs_offline.site_pages(ROOT))
     assert docs_offline.site_pages(ROOT)[0] == "index.ipynb", "the home page comes first"
@@ -137,8 +148,8 @@ const main = document.querySelector('.md-content');
 const clone = main.cloneNode(true);
 clone.querySelectorAll('pre, code, math, script').forEach(e => e.remove());
 return {
-  sidebar: [...document.querySelectorAll('.md-nav--primary > .md-nav__list > .md-nav__item')]
-             .map(li => li.querySelector('.md-nav__link').textContent.trim()),
+  sidebar: [...document.querySelectorAll('.md-nav--primary .md-nav__item > .md-nav__link')]
+             .filter(a => !a.closest('.md-nav--secondary')).map(a => a.textContent.trim()),
   code: [...document.querySelectorAll('.md-content pre')].map(p => p.textContent).join('\n'),
   toc: document.querySelectorAll('.md-nav--secondary a.md-nav__link').length,
   prose: clone.innerText,
@@ -177,7 +188,12 @@ def rendered(site, served, browser):
 
 
 def _titles():
-    return [docs_offline.notebook_title(ROOT / "nbs" / nb).replace("`", "") for nb in LISTED]
+    "The sidebar as a reader sees it: each part's title, then its pages (the entry's label, else the page's title)."
+    out = []
+    for section, entries in docs_offline.site_nav(ROOT):
+        shown = [label or docs_offline.notebook_title(ROOT / "nbs" / nb) for nb, label in entries if nb in LISTED]
+        out += ([section] if section and shown else []) + [t.replace("`", "") for t in shown]
+    return out
 
 
 @pytest.mark.expensive   # the docs site build and the browser
