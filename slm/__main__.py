@@ -26,8 +26,9 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False):
                    help="override one config value, e.g. --set data.source=my.txt (repeatable)")
 
 def _load_chapters():
-    "Import the chapters that register config checks, hooks and training callbacks (04 hooks, 06 the sampler, 09 the memory), so that every command sees all of them."
-    import slm.generation, slm.hooks, slm.memory  # noqa: F401
+    "Import the chapters that register config checks, hooks and callbacks (entry points `slm.plugins`), as `train` does."
+    from slm.training import load_plugins
+    load_plugins()
 
 def _load_config(args):
     "The config of `args.config` with the `--set` overrides, validated with every chapter's checks."

@@ -41,10 +41,11 @@ __all__ = ['NS_COEFFICIENTS', 'OPTIMIZERS', 'CHECKPOINT_FORMAT', 'CALLBACKS', 'p
            'training_memory_gb', 'available_memory_gb', 'check_memory', 'CheckpointError', 'save_checkpoint',
            'load_checkpoint', 'rng_state', 'set_rng_state', 'git_info', 'read_jsonl', 'list_checkpoints', 'RunFolder',
            'newest_valid', 'find_checkpoint', 'plot_loss_curve', 'save_loss_curve', 'SpikeDetector',
-           'TrainingInterrupted', 'StopOnSignal', 'Callback', 'register_callback', 'LRSpike', 'DistContext',
-           'distributed_context', 'Meter', 'Run', 'checkpoint_state', 'restore_state', 'open_run', 'count_step',
-           'log_metrics', 'save_rolling', 'report_eval', 'run_eval', 'DivergenceError', 'rollback_refusal',
-           'can_rollback', 'rollback', 'world_barrier', 'diverge', 'RunResult', 'finish', 'train', 'load_run']
+           'TrainingInterrupted', 'StopOnSignal', 'Callback', 'register_callback', 'load_plugins', 'LRSpike',
+           'DistContext', 'distributed_context', 'Meter', 'Run', 'checkpoint_state', 'restore_state', 'open_run',
+           'count_step', 'log_metrics', 'save_rolling', 'report_eval', 'run_eval', 'DivergenceError',
+           'rollback_refusal', 'can_rollback', 'rollback', 'world_barrier', 'diverge', 'RunResult', 'finish', 'train',
+           'load_run']
 
 # %% ../nbs/05_training.ipynb #0bf734bb
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -634,6 +635,15 @@ def register_callback(name: str):
         return factory
     return deco
 
+def load_plugins(group: str = "slm.plugins") -> list[str]:
+    """Import every module listed under the entry-point group `group` (`[project.entry-points."slm.plugins"]` in
+    pyproject.toml: the chapters that register hooks, config checks and callbacks), so that they are registered whoever
+    calls `train`. Returns the module names; importing one again is a no-op. Raises what a failing import raises."""
+    from importlib.metadata import entry_points
+    eps = sorted(entry_points(group=group), key=lambda ep: ep.value)
+    for ep in eps: ep.load()
+    return [ep.value for ep in eps]
+
 class LRSpike(Callback):
     "A fault for experiments: update `at_step` uses `factor`·lr, once (the redo of that step after a rollback is clean). `fired` lists the steps it fired at."
     def __init__(self, at_step: int, factor: float = 100.0): self.at_step, self.factor, self.fired = at_step, factor, []
@@ -921,6 +931,7 @@ def open_run(cfg: TrainingConfig | None, resume, say: Callable, callbacks=(), di
     dist.setup(cfg.other.device)
     if ckpt is None: run_dir = dist.on_rank0(lambda: _new_run_dir(cfg))
     tok = TOKENIZERS[ckpt["tokenizer"]["type"]].from_dict(ckpt["tokenizer"]) if ckpt else _make_tokenizer(cfg.data.tokenizer)
+    load_plugins()                                          # every chapter's callbacks, not only those imported so far
     cbs = [cb for factory in CALLBACKS.values() if (cb := factory(cfg)) is not None] + list(callbacks)
     run = _build(cfg, tok, say, cbs, dist)
     run.run_id = (ckpt.get("run_id") if ckpt else None) or run_dir.name

@@ -492,3 +492,27 @@ def test_nan_loss_rolls_back_or_raises(tmp_path):
         train(cfg, progress=False, quiet=True, callbacks=[LRSpike(at_step=25, factor=float("inf"))])
 
 
+
+
+def test_train_from_a_fresh_interpreter_registers_every_chapter(tiny_run, tmp_path):
+    """A library user who imports only `slm.training` gets the command's run: the entry points `slm.plugins` load the
+    chapters that register callbacks (06's sample at each evaluation), so the run folder has the same files."""
+    code = textwrap.dedent(f"""
+        import sys
+        from slm.config import load_config
+        from slm.training import train
+        assert "slm.generation" not in sys.modules
+        cfg = load_config({str(Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml")!r},
+                          ["training.max_steps=2", "eval.eval_interval=2", "checkpoint.runs_dir={tmp_path}",
+                           "other.run_name=lib"])
+        train(cfg, progress=False, quiet=True)
+        print(sorted(m for m in sys.modules if m.startswith("slm.")))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "'slm.generation'" in r.stdout and "'slm.memory'" in r.stdout, r.stdout
+    lib = tmp_path / "lib"
+    samples = [json.loads(l) for l in (lib / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [0, 2] and all(s["text"] for s in samples)
+    files = lambda d: sorted(p.name for p in d.iterdir() if p.is_file())
+    assert files(lib) == files(tiny_run)
