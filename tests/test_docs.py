@@ -148,8 +148,8 @@ const main = document.querySelector('.md-content');
 const clone = main.cloneNode(true);
 clone.querySelectorAll('pre, code, math, script').forEach(e => e.remove());
 return {
-  sidebar: [...document.querySelectorAll('.md-nav--primary .md-nav__item > .md-nav__link')]
-             .filter(a => !a.closest('.md-nav--secondary')).map(a => a.textContent.trim()),
+  sidebar: [...document.querySelectorAll('.md-nav--primary .md-nav__item')].filter(li => !li.closest('.md-nav--secondary'))
+             .map(li => li.querySelector(':scope > .md-nav__link').textContent.trim()),
   code: [...document.querySelectorAll('.md-content pre')].map(p => p.textContent).join('\n'),
   toc: document.querySelectorAll('.md-nav--secondary a.md-nav__link').length,
   prose: clone.innerText,
