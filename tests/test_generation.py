@@ -237,6 +237,24 @@ def test_unknown_characters_warn_and_empty_prompt(model, tok):
     assert torch.equal(generate(model, torch.tensor([5, 6]), 0), torch.tensor([5, 6]))
 
 
+def test_nan_logits_raise_divergence_error(x):
+    broken = tiny_model()
+    torch.nn.init.constant_(broken.lm_head.weight, float("nan"))        # tied: the embedding too
+    for temperature in (1.0, 0.0):
+        with pytest.raises(Exception, match="logits are NaN or infinite") as e:
+            generate(broken, x, 5, temperature=temperature)
+        assert type(e.value).__name__ == "DivergenceError"                # chapter 05's error
+
+
+def test_streamed_pieces_join_to_the_text(model, tok):
+    for kw in (dict(), dict(stop=["\n\n", "RO"], include_stop=True), dict(stop="e")):
+        pieces = []
+        text = generate_text(model, tok, "JULIET:\n", 60, seed=4, on_text=pieces.append, **kw)
+        assert "".join(pieces) == text == generate_text(model, tok, "JULIET:\n", 60, seed=4, **kw)
+    with pytest.raises(ValueError, match="single prompt"):
+        generate_text(model, tok, ["a", "b"], 10, on_text=print)
+
+
 def test_chat_turn(model, tok):
     reply, history = chat_turn(model, tok, "", "Hello there", max_new_tokens=40, seed=0)
     assert history.startswith("YOU:\nHello there\n\nHAMLET:\n") and history.endswith(reply + "\n\n")
