@@ -21,7 +21,10 @@ class _CompanionFinder:
         run = spec.loader.exec_module
         def exec_module(module, companion=_COMPANIONS[name]):
             run(module)
-            __import__(companion)
+            if companion in _sys.modules:   # the chapter's module was reloaded: its registries are new and empty
+                import importlib
+                importlib.reload(_sys.modules[companion])
+            else: __import__(companion)
         spec.loader.exec_module = exec_module
         return spec
 

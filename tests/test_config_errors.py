@@ -4,24 +4,9 @@ import sys
 
 import pytest
 
-from slm.config import ERROR_WORDS, MOVED, ConfigError, TrainingConfig, config_from_dict, load_config
+from slm.config import ERROR_WORDS, MOVED, SECTIONS, ConfigError, TrainingConfig, config_from_dict, load_config
 from slm.config_errors import ALIASES, bound_words, closest_key, other_words, type_words, unknown_key_words
-
-
-def write(tmp_path, name, text):
-    p = tmp_path / name
-    p.write_text(text, encoding="utf-8")
-    return p
-
-
-def error_of(fn, *args):
-    "The ConfigError raised by fn(*args), checked to be a one-line ValueError."
-    with pytest.raises(ConfigError) as info:
-        fn(*args)
-    msg = str(info.value)
-    assert isinstance(info.value, ValueError)
-    assert "\n" not in msg, msg
-    return msg
+from test_config import error_of, write   # the helpers of chapter 02's tests
 
 
 # ---- bad config files: each message names the file, the dotted key and the problem in the config's words ----
@@ -118,7 +103,7 @@ def test_closest_key(loc, meant):
 
 
 def test_every_alias_names_a_key():
-    keys = {k for cls in __import__("slm.config", fromlist=["SECTIONS"]).SECTIONS.values() for k in cls.model_fields}
+    keys = {k for cls in SECTIONS.values() for k in cls.model_fields}
     assert set(ALIASES.values()) <= keys
 
 
@@ -146,6 +131,14 @@ def test_the_package_alone_imports_no_chapter():
     "slm/__init__.py only puts its finder in place: the companion comes with its chapter, and `slm --help` stays fast."
     code = "import sys, slm; print(sorted(m for m in sys.modules if m.startswith('slm.')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_a_reloaded_config_module_gets_the_words_again():
+    "importlib.reload(slm.config) makes new, empty registries: the companion is imported into them again."
+    code = ("import importlib, slm.config as c\nimportlib.reload(c)\n"
+            "try: c.load_config(None, ['training.lrr=1'])\nexcept ValueError as e: print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "--set training.lrr: unknown key (did you mean 'lr'?)", out
 
 
 def test_the_command_line_words(tmp_path):
