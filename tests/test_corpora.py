@@ -20,6 +20,7 @@ from slm.data import (INGESTERS, CorpusError, CorpusTokens, RandomWindows, corpu
                       shakespeare_text, tokenize_text)
 from slm.tokenizer import CharTokenizer
 from conftest import slm_in_process
+from test_data import one_line_error   # chapter 01's check: a CorpusError of one line
 
 BOM = b"\xef\xbb\xbf"
 TOK = CharTokenizer()
@@ -45,15 +46,6 @@ def write(folder: Path, files: dict) -> Path:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(raw)
     return folder
-
-
-def one_line_error(f) -> str:
-    "Call `f`, expect a CorpusError, return its message (which must be one line)."
-    with pytest.raises(CorpusError) as e:
-        f()
-    msg = str(e.value)
-    assert "\n" not in msg and "Traceback" not in msg
-    return msg
 
 
 TRICKY = {
