@@ -275,7 +275,7 @@ def cmd_bench(args) -> int:
     import torch
     if args.threads: torch.set_num_threads(args.threads)
     if args.ingest:
-        from slm.data import ingest_benchmark
+        from slm.corpora import ingest_benchmark
         print(json.dumps(ingest_benchmark(args.ingest_sizes), indent=1))
         return 0
     from slm.evaluation import bench_sweep, run_bench

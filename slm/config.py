@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .tokenizer import atomic_write
+from .files import atomic_write
 
 # %% auto #0
 __all__ = ['HOOK_KINDS', 'SECTIONS', 'SECTION_TITLES', 'ERROR_WORDS', 'CHECKS', 'MOVED', 'ConfigError', 'ModelConfig',

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 
 from .config import ConfigError, TrainingConfig, config_from_dict, config_to_dict, load_config
 from .data import CorpusError, RandomWindows, load_corpus, read_corpus, shakespeare_text
+from .files import atomic_write
 from .generation import generation_speed
 from .model import GPT, LN2, bits_per_char, eval_mode, perplexity
-from .tokenizer import CharTokenizer, atomic_write
+from .tokenizer import CharTokenizer
 from .training import (CheckpointError, autocast_context, find_checkpoint, has_fast_bfloat16, load_run, make_optimizer,
                           pick_device, read_jsonl, resolve_dtype, train_step)
 

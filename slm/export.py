@@ -18,9 +18,10 @@ import torch.nn as nn
 
 from .data import CorpusError, load_corpus
 from .evaluation import score_tokens
+from .files import folder_problem
 from .generation import context_start
 from .model import GPT, bits_per_char
-from .tokenizer import PAD, UNK, CharTokenizer, folder_problem
+from .tokenizer import PAD, UNK, CharTokenizer
 from .training import find_checkpoint, load_run
 
 # %% auto #0

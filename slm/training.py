@@ -29,10 +29,12 @@ import torch.nn as nn
 
 import slm
 from .config import ConfigError, TrainingConfig, config_from_dict, config_hash, config_to_dict, load_config, save_config
+from .corpora import ShardedWindows
 from .data import RandomWindows, SequenceDataset, load_corpus, make_loader
+from .files import atomic_write, folder_problem
 from .hooks import HookSet
 from .model import GPT, eval_mode, perplexity
-from .tokenizer import TOKENIZERS, CharTokenizer, Tokenizer, atomic_write, folder_problem
+from .tokenizer import TOKENIZERS, CharTokenizer, Tokenizer
 
 # %% auto #0
 __all__ = ['NS_COEFFICIENTS', 'OPTIMIZERS', 'CHECKPOINT_FORMAT', 'CALLBACKS', 'param_groups', 'newton_schulz', 'muon_lr_factor',
@@ -859,8 +861,8 @@ def _build(cfg: TrainingConfig, tok: Tokenizer, say: Callable, callbacks, dist: 
     hooks.attach_optimizer(opt)
     fmodel = dist.wrap(model, device)
     if o.compile: fmodel = torch.compile(fmodel)
-    batches = RandomWindows(splits.train, m.context_length, cfg.training.batch_size, seed=o.seed, rank=rank, world=dist.world,
-                           pin_memory=device.type == "cuda")
+    batches = ShardedWindows(splits.train, m.context_length, cfg.training.batch_size, seed=o.seed, rank=rank, world=dist.world,
+                            pin_memory=device.type == "cuda")
     tc = cfg.training
     return Run(cfg, None, "", device, autocast_context(device, dtype), tok, model, fmodel, opt, hooks, batches, splits.val,
                len(splits.train), list(callbacks), say, dist, health=SpikeDetector(tc.spike_threshold, tc.spike_ema_decay))
