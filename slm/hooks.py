@@ -271,8 +271,8 @@ def find_params(model: nn.Module, # a `GPT`
                 names = [key if pat.startswith("transformer.") else n for n, key, _ in named]
                 close = difflib.get_close_matches(pat, names, n=1)
                 raise HookError(f"no parameter matches {pat!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
-                                f"parameters are named like {named[0][0]} … {named[-1][0]}, or by their state-dict keys "
-                                f"({named[0][1]} …)")
+                                f"parameters are named like {named[0][0]} … {named[-1][0]}, "
+                                f"or by their state-dict keys ({named[0][1]} …)")
         chosen = [(n, p) for n, key, p in named if any(hit(pat, n, key) for pat in pats)]
     if not chosen: raise HookError("the parameter selection is empty")
     return chosen
@@ -460,7 +460,8 @@ class HookSet:
         "Build entry `e` of `hooks.<kind>` (its point and parameters filled in) and attach it."
         where = f"hooks.{kind}[{i}]"
         if e.name not in HOOKS[kind]:
-            raise ConfigError(f"unknown {kind} hook {e.name!r} ({kind} hooks: {', '.join(HOOKS[kind])})", f"{where}.name")
+            valid = ", ".join(HOOKS[kind])
+            raise ConfigError(f"unknown {kind} hook {e.name!r} ({kind} hooks: {valid})", f"{where}.name")
         spec = HOOKS[kind][e.name]
         e.point, e.params = e.point or "*", resolve_params(spec, e.params, where)
         try: made = spec.factory(**e.params)
