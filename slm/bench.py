@@ -31,7 +31,8 @@ def generation_speed(model,                   # the model to time (on its own de
                      n_new: int = 256,        # tokens generated per timed run
                      use_cache: bool = True,
                      batch_size: int = 1,
-                     prompt_len: int = 1,     # random prompt tokens; with 1 + 256 new tokens the last one is never fed back, so 256 positions suffice
+                     prompt_len: int = 1,     # random prompt tokens (with 1 + 256 new, the last is never fed back:
+                                              # 256 positions suffice)
                      temperature: float = 1.0,
                      repeats: int = 1,        # timed runs; the fastest one counts
                      seed: int = 0,
@@ -41,7 +42,8 @@ def generation_speed(model,                   # the model to time (on its own de
     meet (the prefill, the first decode steps, a full KV cache)."""
     p = next(model.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
-    idx = torch.randint(0, model.cfg.vocab_size, (batch_size, prompt_len), generator=torch.Generator().manual_seed(seed))
+    idx = torch.randint(0, model.cfg.vocab_size, (batch_size, prompt_len),
+                        generator=torch.Generator().manual_seed(seed))
     gen = torch.Generator(device=device).manual_seed(seed)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     generate(model, idx, n_new, temperature, use_cache=use_cache, generator=gen)     # the warm-up run
@@ -53,7 +55,8 @@ def generation_speed(model,                   # the model to time (on its own de
     return batch_size * n_new / best
 
 # %% ../nbs/07b_bench.ipynb #9d40c298
-BENCH_TARGETS = {"training_mfu": 0.65, "generation_batch1_tokens_per_s": 1500.0}   # speed targets for the baseline config
+# speed targets for the baseline config
+BENCH_TARGETS = {"training_mfu": 0.65, "generation_batch1_tokens_per_s": 1500.0}
 
 def _sync(device: torch.device):
     if device.type == "cuda": torch.cuda.synchronize(device)
@@ -79,7 +82,8 @@ def matmul_peak_gflops(n: int = 1024, dtype=torch.float32, seconds: float = 2.0,
 def bench_training(cfg: TrainingConfig, steps: int = 10, warmup: int = 3, dtype: str | None = None,
                    compile: bool | None = None) -> dict:
     """Time `steps` optimizer updates (after `warmup` untimed ones, which include any compilation) of `cfg`'s model on
-    its corpus, in `dtype` (default `cfg.other.dtype`), through `torch.compile` if `compile` (default `cfg.other.compile`).
+    its corpus, in `dtype` (default `cfg.other.dtype`), through `torch.compile` if `compile` (default
+    `cfg.other.compile`).
     Each step is timed on its own and the *median* counts, so one step slowed by another process does not move the
     figure. Returns tokens/s, seconds/step and achieved GFLOP/s (`flops_per_token` × tokens/s)."""
     compile = cfg.other.compile if compile is None else compile
@@ -141,7 +145,8 @@ def bench_generation(cfg: TrainingConfig, n_new: int = 256, batch_size: int = 1,
     return out
 
 def bench_tokenizer(repeats: int = 5) -> dict:
-    "Encoding speed of the character tokenizer on the whole built-in corpus, best of `repeats`, in MB/s (1 MB = 10⁶ characters)."
+    """Encoding speed of the character tokenizer on the whole built-in corpus, best of `repeats`, in MB/s
+    (1 MB = 10⁶ characters)."""
     text, tok = shakespeare_text(), CharTokenizer()
     best = float("inf")
     for _ in range(repeats):
@@ -154,7 +159,7 @@ def run_bench(cfg: TrainingConfig,                 # the model and batch to time
               steps: int = 10,                     # timed training steps per dtype
               gen_batches=(1, 8),                  # generation batch sizes to time (empty: no generation)
               tokenizer: bool = True,
-              compile_modes=(False, True),         # time training and generation eager (False), through torch.compile (True), or both
+              compile_modes=(False, True),         # time eager (False), through torch.compile (True), or both
              ) -> dict:
     """The `slm bench` report as a dict: versions, the model, matmul peaks per dtype, training per dtype and compile
     mode (key `"float32"`, `"float32+compile"`, …: tokens/s, MFU against the peak of its own dtype), generation per
@@ -167,19 +172,23 @@ def run_bench(cfg: TrainingConfig,                 # the model and batch to time
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
            "model": {"params": model.num_params(), "flops_per_token": model.flops_per_token(),
                      "batch": f"{cfg.training.batch_size} x {cfg.model.context_length}", "dropout": cfg.model.dropout},
-           "matmul_peak_gflops": {d: matmul_peak_gflops(dtype=getattr(torch, d), device=device) for d in dtypes}, "training": {}}
+           "matmul_peak_gflops": {d: matmul_peak_gflops(dtype=getattr(torch, d), device=device) for d in dtypes},
+           "training": {}}
     targets = {}
     for d in dtypes:
         for c in compile_modes:
             key = d + ("+compile" if c else "")
-            if d == "bfloat16" and not has_fast_bfloat16(device):   # emulated: minutes per step at the default config (decision D25)
-                out["training"][key] = {"dtype": d, "compile": c, "skipped": f"no bfloat16 matmul kernels on this {device.type} "
+            # emulated bfloat16: minutes per step at the default config (decision D25)
+            if d == "bfloat16" and not has_fast_bfloat16(device):
+                out["training"][key] = {"dtype": d, "compile": c,
+                                        "skipped": f"no bfloat16 matmul kernels on this {device.type} "
                                         f"(matmul peak {out['matmul_peak_gflops'][d]:.1f} GFLOP/s)"}
                 continue
             tr = bench_training(cfg, steps=steps, dtype=d, compile=c)
             tr["mfu"] = tr["gflops"] / out["matmul_peak_gflops"][d]
             out["training"][key] = tr
-            targets[f"training {key}: mfu >= {BENCH_TARGETS['training_mfu']}"] = tr["mfu"] >= BENCH_TARGETS["training_mfu"]
+            mfu_target = BENCH_TARGETS["training_mfu"]
+            targets[f"training {key}: mfu >= {mfu_target}"] = tr["mfu"] >= mfu_target
     if gen_batches:
         out["generation"] = {"new_tokens": 256}
         for bs in gen_batches:
@@ -187,15 +196,16 @@ def run_bench(cfg: TrainingConfig,                 # the model and batch to time
                 key = f"batch_{bs}" + ("+compile" if c else "")
                 g = out["generation"][key] = bench_generation(cfg, 256, batch_size=bs, compile=c)
                 if bs == 1:
-                    targets[f"generation {key}: kv_cache_tokens_per_s >= {BENCH_TARGETS['generation_batch1_tokens_per_s']:g}"] = \
-                        g["kv_cache_tokens_per_s"] >= BENCH_TARGETS["generation_batch1_tokens_per_s"]
+                    gen_target = BENCH_TARGETS["generation_batch1_tokens_per_s"]
+                    targets[f"generation {key}: kv_cache_tokens_per_s >= {gen_target:g}"] = \
+                        g["kv_cache_tokens_per_s"] >= gen_target
     if tokenizer: out["tokenizer"] = bench_tokenizer()
     out["targets_met"] = targets
     return out
 
 # %% ../nbs/07b_bench.ipynb #fb1c27ec
 def _sweep_child():
-    "One point of `bench_sweep`, in its own process: reads `{config, steps}` as JSON on stdin, prints the figures as JSON."
+    "One point of `bench_sweep`, in its own process: reads `{config, steps}` as JSON on stdin, prints the figures."
     import resource, sys
     job = json.loads(sys.stdin.read())
     cfg = config_from_dict(job["config"])
@@ -205,7 +215,8 @@ def _sweep_child():
     gen = generation_speed(GPT(cfg.model).to(device).eval(), 64, use_cache=True, batch_size=1, repeats=1)
     peak = (torch.cuda.max_memory_allocated(device) / 1e6 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)      # Linux: ru_maxrss in KiB
-    print(json.dumps({"train_tokens_per_s": round(tr["tokens_per_s"]), "gen_batch1_tokens_per_s": round(gen), "peak_MB": round(peak)}))
+    print(json.dumps({"train_tokens_per_s": round(tr["tokens_per_s"]), "gen_batch1_tokens_per_s": round(gen),
+                      "peak_MB": round(peak)}))
 
 def _rss_mb() -> float:
     "This process's resident memory now, in MiB (Linux; 0 elsewhere)."
@@ -215,10 +226,12 @@ def _rss_mb() -> float:
 
 def bench_sweep(cfg: TrainingConfig,                # the starting point: every setting not swept
                 contexts=(64, 128, 256, 512),       # context lengths to time (at `cfg`'s d_model)
-                widths=(64, 128, 256, 512),         # d_model values to time (at `cfg`'s context length; d_ff = 4·d_model)
+                widths=(64, 128, 256, 512),         # d_model values to time (at `cfg`'s context; d_ff = 4·d_model)
                 steps: int = 3,                     # timed training steps per point
                ) -> list[dict]:
-    "Training tokens/s, batch-1 KV-cache generation tokens/s and peak memory (MB) per point, one fresh subprocess each: one dict per point with `vary`, `context_length`, `d_model` and the figures. Raises `RuntimeError` if a point fails (e.g. out of memory)."
+    """Training tokens/s, batch-1 KV-cache generation tokens/s and peak memory (MB) per point, one fresh subprocess
+    each: one dict per point with `vary`, `context_length`, `d_model` and the figures. Raises `RuntimeError` if a
+    point fails (e.g. out of memory)."""
     rows = []
     for key, values in (("context_length", contexts), ("d_model", widths)):
         for v in values:
@@ -228,5 +241,6 @@ def bench_sweep(cfg: TrainingConfig,                # the starting point: every 
             r = subprocess.run([sys.executable, "-c", "from slm.bench import _sweep_child; _sweep_child()"],
                                input=json.dumps({"config": d, "steps": steps}), capture_output=True, text=True)
             if r.returncode: raise RuntimeError(f"sweep point {key}={v} failed: {r.stderr.strip().splitlines()[-1:]}")
-            rows.append({"vary": key, "context_length": d["model"]["context_length"], "d_model": d["model"]["d_model"], **json.loads(r.stdout)})
+            rows.append({"vary": key, "context_length": d["model"]["context_length"], "d_model": d["model"]["d_model"],
+                         **json.loads(r.stdout)})
     return rows
