@@ -54,7 +54,7 @@ def straight_through(op: Literal["round", "sign"] = "round", # "round": round(x 
     return straight_through_fn
 
 # %% ../nbs/04a_hook_configs.ipynb #cc2cd9ea
-def annealed_grad_noise(eta: Positive = 0.01,      # noise variance at step 0 (the paper tries 0.01, 0.3, 1.0)
+def annealed_grad_noise(eta: Positive = 0.01,      # the variance is eta / 2^gamma at the first step, t = 1
                         gamma: NonNegative = 0.55, # decay exponent of the variance (the paper's)
                        ):
     "An update hook that adds N(0, σ_t²) with σ_t² = eta / (1 + t)^gamma to every gradient at step t (Neelakantan et al. 2015, eq. 1)."
