@@ -4,9 +4,15 @@ key→value memory, at equal wall-clock training time, several seeds; the contro
 Each (model, seed) trains with `slm.long_memory.train_segments` for `--budget` seconds on the same mix (corpus text
 and passkey documents of 2 to 8 segments, `--passkey-share` of the rows), then is scored on 200 prompts per distance
 with prompts whose filler is the validation split (never trained on). One JSON row per run is appended to `--out`,
-so an interrupted experiment keeps what it finished. Run on an otherwise idle machine, one run at a time:
+so an interrupted experiment keeps what it finished. The two kinds of one seed run side by side, one thread each,
+so that whatever else the machine does slows both alike (equal wall-clock budgets stay a fair comparison):
 
-    python tests/long_memory_experiment.py --budget 600 --seeds 0 1 2 --out nbs/results/long-memory.json
+    for s in 0 1 2; do
+      for k in plain memory; do
+        python tests/long_memory_experiment.py --budget 600 --seeds $s --kinds $k --threads 1 \
+          --out nbs/results/long-memory-$k.json &
+      done; wait
+    done
 """
 from __future__ import annotations
 
@@ -45,7 +51,9 @@ def main():
     ap.add_argument("--budget", type=float, default=600, help="training seconds per run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--passkey-share", type=float, default=0.5)
+    ap.add_argument("--answer-weight", type=float, default=20.0, help="loss weight of a passkey answer's digits")
     ap.add_argument("--prompts", type=int, default=200)
+    ap.add_argument("--kinds", nargs="+", default=["plain", "memory"], choices=["plain", "memory"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
@@ -55,15 +63,17 @@ def main():
     train_text, val_text = tok.decode(corpus.train), tok.decode(corpus.val)
     done = json.loads(a.out.read_text()) if a.out.exists() else []
     for seed in a.seeds:
-        for kind in ("plain", "memory"):
+        for kind in a.kinds:
             if any(r["kind"] == kind and r["seed"] == seed and r["budget_s"] == a.budget for r in done): continue
             torch.manual_seed(seed)
             model = GPT(config_from_dict({"model": MODEL}).model)
             if kind == "memory": HookSet(config_from_dict({"model": MODEL, "hooks": KV}), model)
             t0 = time.perf_counter()
-            log = train_segments(model, tok, train_text, a.budget, passkey_share=a.passkey_share, seed=seed)
+            log = train_segments(model, tok, train_text, a.budget, passkey_share=a.passkey_share, seed=seed,
+                                 answer_weight=a.answer_weight)
             row = {"kind": kind, "seed": seed, "budget_s": a.budget, "train_s": time.perf_counter() - t0,
                    "steps": log[-1]["step"] if log else 0, "params": model.num_params(), "passkey_share": a.passkey_share,
+                   "answer_weight": a.answer_weight,
                    "log": log, "val_loss_1_segment": val_loss(model, corpus.val, 1, seed=seed),
                    "val_loss_8_segments": val_loss(model, corpus.val, 8, seed=seed),
                    "passkey": passkey_vs_distance(model, tok, val_text, DISTANCES, a.prompts, seed=seed)}

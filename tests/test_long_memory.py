@@ -125,3 +125,15 @@ def test_train_segments_lowers_the_loss_within_its_step_limit():
     log = train_segments(m, CharTokenizer(), FILLER, time_budget_s=120, max_steps=20, warmup_steps=2, log_every=5,
                          batch_size=4, max_segments=4)
     assert [r["step"] for r in log] == [5, 10, 15, 20] and log[-1]["train_loss"] < log[0]["train_loss"]
+
+
+def test_answer_weights_mark_the_answer_digits_and_weight_the_loss():
+    tok, rng = CharTokenizer(), np.random.default_rng(3)
+    ids, w = training_batch(tok, FILLER, 16, 6, rng, max_segments=8, passkey_share=1.0, answer_weight=5.0)
+    assert w.shape == (ids.shape[0], ids.shape[1] - 1) and (w == 5).sum() == 6 * 3
+    for row, wr in zip(ids, w):                                 # the weighted targets are the key's digits
+        digits = tok.decode(row[1:][wr == 5])
+        assert digits.isdigit() and tok.decode(row).endswith(f"The pass key is {digits}.")
+    model = _model(True, BASE)
+    assert torch.allclose(segment_loss(model, ids, weights=torch.ones_like(w)), segment_loss(model, ids))
+    assert not torch.allclose(segment_loss(model, ids, weights=w), segment_loss(model, ids))
