@@ -4,15 +4,13 @@ key→value memory, at equal wall-clock training time, several seeds; the contro
 Each (model, seed) trains with `slm.long_memory.train_segments` for `--budget` seconds on the same mix (corpus text
 and passkey documents of 2 to 8 segments, `--passkey-share` of the rows), then is scored on 200 prompts per distance
 with prompts whose filler is the validation split (never trained on). One JSON row per run is appended to `--out`,
-so an interrupted experiment keeps what it finished. The two kinds of one seed run side by side, one thread each,
-so that whatever else the machine does slows both alike (equal wall-clock budgets stay a fair comparison):
+so an interrupted experiment keeps what it finished. All runs train at the same time, one thread each, so that
+whatever else the machine does slows them alike (equal wall-clock budgets stay a fair comparison):
 
-    for s in 0 1 2; do
-      for k in plain memory; do
-        python tests/long_memory_experiment.py --budget 600 --seeds $s --kinds $k --threads 1 \
-          --out nbs/results/long-memory-$k.json &
-      done; wait
-    done
+    for s in 0 1 2; do for k in plain memory; do
+      python tests/long_memory_experiment.py --budget 1800 --seeds $s --kinds $k --threads 1 \
+        --out nbs/results/long-memory-$k-seed$s.json &
+    done; done; wait
 """
 from __future__ import annotations
 
@@ -51,7 +49,7 @@ def main():
     ap.add_argument("--budget", type=float, default=600, help="training seconds per run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--passkey-share", type=float, default=0.5)
-    ap.add_argument("--answer-weight", type=float, default=20.0, help="loss weight of a passkey answer's digits")
+    ap.add_argument("--answer-weight", type=float, default=50.0, help="loss weight of a passkey answer's digits")
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--kinds", nargs="+", default=["plain", "memory"], choices=["plain", "memory"])
     ap.add_argument("--threads", type=int, default=2)
