@@ -104,10 +104,11 @@ def cmd_train(args) -> int:
     _end_process_group(clean=True)
     if not _is_rank0(): return 0
     print(f"\nrun folder:       {r.run_dir}")
-    if r.final_val_loss is not None:
-        print(f"validation loss:  {r.final_val_loss:.4f} nats/char = {bits_per_char(r.final_val_loss):.4f} bits/char "
-              f"(best {r.best_val_loss:.4f}); {r.steps} steps in {r.elapsed_s:.0f} s")
     model, tok, rcfg = load_run(r.run_dir)
+    if r.final_val_loss is not None:      # measured on the first eval.eval_batches batches: `slm evaluate` gives the exact one
+        print(f"validation loss (estimate over up to {rcfg.eval.eval_batches} batches; exact: slm evaluate): "
+              f"{r.final_val_loss:.4f} nats/char = {bits_per_char(r.final_val_loss):.4f} bits/char "
+              f"(best {r.best_val_loss:.4f}); {r.steps} steps in {r.elapsed_s:.0f} s")
     prompt = rcfg.eval.sample_prompt
     text = generate_text(model, tok, prompt, max_new_tokens=300, temperature=rcfg.sampling.temperature,
                          top_k=rcfg.sampling.top_k, top_p=rcfg.sampling.top_p, seed=rcfg.other.seed)
