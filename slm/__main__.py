@@ -117,10 +117,8 @@ def cmd_train(args) -> int:
 
 def _end_process_group(clean: bool):
     "Under torchrun, end the process group before the process exits (after a barrier if `clean`): a process that exits with gloo still running sometimes aborts (`terminate called without an active exception`). Nothing without torchrun."
-    import torch.distributed as td
-    if not (td.is_available() and td.is_initialized()): return
-    if clean: td.barrier()
-    td.destroy_process_group()
+    from slm.parallel import end_process_group   # companion 05c: where the process group is started and ended
+    end_process_group(clean)
 
 def _generation_bar(total: int):
     "A tqdm bar on stderr for a long generation (2,000 characters or more) whose text goes to a file or pipe; None otherwise (on a terminal the text itself shows the progress)."
