@@ -36,16 +36,15 @@ from .model import GPT, eval_mode, perplexity
 from .tokenizer import TOKENIZERS, CharTokenizer, Tokenizer
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'CHECKPOINT_FORMAT', 'CALLBACKS', 'DIST_CONTEXTS', 'CHECKPOINT_PARTS', 'param_groups', 'make_optimizer',
-           'lr_at', 'accumulate_gradients', 'train_step', 'evaluate', 'pick_device', 'autocast_context',
-           'has_fast_bfloat16', 'resolve_dtype', 'seed_everything', 'training_memory_gb', 'available_memory_gb',
-           'check_memory', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'git_info', 'read_jsonl',
-           'list_checkpoints', 'RunFolder', 'newest_valid', 'find_checkpoint', 'plot_loss_curve', 'save_loss_curve',
-           'SpikeDetector', 'TrainingInterrupted', 'Callback', 'register_callback', 'load_plugins', 'LRSpike',
-           'DistContext', 'distributed_context', 'Meter', 'Run', 'checkpoint_state', 'restore_state', 'open_run',
-           'count_step', 'log_metrics', 'save_rolling', 'report_eval', 'run_eval', 'DivergenceError',
-           'rollback_refusal', 'can_rollback', 'rollback', 'world_barrier', 'diverge', 'RunResult', 'finish', 'train',
-           'load_run']
+__all__ = ['OPTIMIZERS', 'CHECKPOINT_FORMAT', 'CALLBACKS', 'DIST_CONTEXTS', 'BUILD_CHECKS', 'CHECKPOINT_PARTS', 'param_groups',
+           'make_optimizer', 'lr_at', 'accumulate_gradients', 'train_step', 'evaluate', 'pick_device',
+           'autocast_context', 'has_fast_bfloat16', 'resolve_dtype', 'seed_everything', 'CheckpointError',
+           'save_checkpoint', 'load_checkpoint', 'git_info', 'read_jsonl', 'list_checkpoints', 'RunFolder',
+           'newest_valid', 'find_checkpoint', 'plot_loss_curve', 'save_loss_curve', 'SpikeDetector', 'Callback',
+           'register_callback', 'load_plugins', 'LRSpike', 'DistContext', 'distributed_context', 'Meter', 'Run',
+           'checkpoint_state', 'restore_state', 'open_run', 'count_step', 'log_metrics', 'save_rolling', 'report_eval',
+           'run_eval', 'DivergenceError', 'rollback_refusal', 'can_rollback', 'rollback', 'world_barrier', 'diverge',
+           'TrainingInterrupted', 'RunResult', 'finish', 'train', 'load_run']
 
 # %% ../nbs/05_training.ipynb #0bf734bb
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -168,7 +167,6 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "cuda": torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     return torch.device(device)
 
-# %% ../nbs/05_training.ipynb #adc9bf33
 def autocast_context(device: torch.device, dtype: str = "float32") -> Callable | None:
     "A factory of autocast contexts for `dtype='bfloat16'` on `device` (None for float32). Raises `ConfigError` (key `other.dtype`) for another dtype."
     if dtype == "float32": return None
@@ -192,63 +190,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
 def seed_everything(seed: int):
     "Seed Python's `random`, NumPy's global generator and torch (CPU and every GPU) with `seed` (decision D13)."
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
-
-# %% ../nbs/05_training.ipynb #3954c55f
-_ADDRESSABLE = 2**63   # bytes (and elements of a tensor) that PyTorch's 64-bit sizes address: more than any machine has
-
-def _training_bytes(cfg: TrainingConfig) -> tuple[int | None, int]:
-    """`(state, activations)` of one training step in bytes, exact in Python integers whatever the sizes; state is
-    None where PyTorch cannot even describe a weight."""
-    m, b = cfg.model, cfg.training.batch_size
-    s, h, a = m.context_length, m.d_model, m.n_heads
-    activations = m.n_layers * 2 * s * b * (34 * h + 5 * a * s) + 12 * b * s * m.vocab_size
-    try:   # every block has the same shapes: count one and two on the meta device, and extrapolate to n_layers
-        with torch.device("meta"): one, two = (GPT(m.model_copy(update={"n_layers": n})).num_params() for n in (1, 2))
-    except (RuntimeError, OverflowError, TypeError, ValueError): return None, activations   # sizes beyond 64 bits
-    return 16 * (one + (m.n_layers - 1) * (two - one)), activations
-
-def training_memory_gb(cfg: TrainingConfig) -> tuple[float, float]:
-    """What one training step of `cfg` needs, in GB (10⁹ bytes), estimated before anything is allocated:
-    `(state, activations)`, `inf` beyond what PyTorch can address. state: 16 bytes per parameter (float32 weights 4,
-    gradients 4, AdamW's two moments 8; the other optimizers keep less), counted on a `GPT` of one and of two blocks
-    built on the meta device. activations: per layer `s·b·h·(34 + 5·a·s/h)` bytes for 16-bit activations
-    (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models"; s the context length,
-    b `training.batch_size`, h `d_model`, a `n_heads`), doubled for float32, plus 12·b·s·V bytes for the logits,
-    their softmax and its gradient."""
-    gb = lambda n: math.inf if n is None or n >= _ADDRESSABLE else n / 1e9
-    return tuple(gb(n) for n in _training_bytes(cfg))
-
-def available_memory_gb(device: torch.device) -> float | None:
-    """Memory free for a run on `device`, in GB: the GPU's free memory, or the CPU's `MemAvailable` (Linux); None
-    where unknown (then only the limit of any machine is checked)."""
-    if device.type == "cuda": return torch.cuda.mem_get_info(device)[0] / 1e9
-    if device.type != "cpu": return None
-    try:
-        with open("/proc/meminfo") as f:
-            return next((int(l.split()[1]) * 1024 / 1e9 for l in f if l.startswith("MemAvailable:")), None)
-    except OSError: return None
-
-def check_memory(cfg: TrainingConfig, device: torch.device):
-    """Raise `ConfigError` (one line: the keys that set the size, the estimate and what the device has free) if
-    `training_memory_gb(cfg)` is more than `device` has, or more than PyTorch can address on any machine (checked on
-    every device, whatever the magnitude of the numbers). On the CPU every process that torchrun starts on the
-    machine counts."""
-    m = cfg.model
-    keys = (f"model.n_layers={m.n_layers}, model.d_model={m.d_model}, model.d_ff={m.d_ff}, "
-            f"model.context_length={m.context_length}, model.vocab_size={m.vocab_size}, "
-            f"training.batch_size={cfg.training.batch_size}")
-    state, act = _training_bytes(cfg)
-    if state is None or state + act >= _ADDRESSABLE:
-        raise ConfigError(f"too big for any machine: {keys} make a model and batch larger than PyTorch can address "
-                          "(2**63 bytes)")
-    free = available_memory_gb(device)
-    if free is None: return
-    state, act = state / 1e9, act / 1e9
-    need = (state + act) * (int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1)
-    if need <= free: return
-    raise ConfigError(f"too big for this machine: {keys} need about {need:,.1f} GB ({state:,.1f} GB of weights, "
-                      f"gradients and optimizer state, {act:,.1f} GB of activations per process) and the {device.type} "
-                      f"has {free:,.1f} GB free")
 
 # %% ../nbs/05_training.ipynb #e160d7cb
 CHECKPOINT_FORMAT = 1  # the "format" field of every checkpoint dict; bumped if the layout changes
@@ -322,7 +263,6 @@ def list_checkpoints(run_dir) -> list[Path]:
     "The rolling checkpoints `checkpoints/step-*.pt` of a run folder, oldest first (`best.pt` not included)."
     return sorted(Path(run_dir, "checkpoints").glob("step-*.pt"))
 
-# %% ../nbs/05_training.ipynb #2250ff78
 class RunFolder:
     "The folder of one run, `runs/<run_id>/`: the one place that knows its layout (see the table above)."
     def __init__(self, path): self.path = Path(path)
@@ -409,7 +349,6 @@ def find_checkpoint(path,                 # a run folder, or a checkpoint file (
     if not paths: raise CheckpointError(f"{path}: no checkpoints in this run folder (expected {path / 'checkpoints'}/step-*.pt)")
     return (path, *newest_valid(paths, say))
 
-# %% ../nbs/05_training.ipynb #164ba23c
 def plot_loss_curve(records, ax=None, title: str | None = None, baselines: dict[str, float] | None = None):
     "Training loss (line) and validation loss (dots) against step from metrics `records` (a list of dicts, a metrics.jsonl path or a run folder); `baselines` adds labelled horizontal lines. Returns the Axes."
     if not isinstance(records, list): records = read_jsonl(records)
@@ -457,19 +396,6 @@ class SpikeDetector:
     def state_dict(self) -> dict: return {"ema": self.ema, "n": self.n}
     def load_state_dict(self, d: dict | None):
         if d: self.ema, self.n = d["ema"], d["n"]
-
-# %% ../nbs/05_training.ipynb #8d020a53
-class TrainingInterrupted(KeyboardInterrupt):
-    "Training stopped by Ctrl-C or SIGTERM. `run_dir`, `step`, `checkpoint` (the file to resume from, or None) and `signal` say where and why; `str(e)` says how to resume."
-    def __init__(self, run_dir: Path, step: int, checkpoint: Path | None, signum: int = signal.SIGINT, world: int = 1):
-        self.run_dir, self.step, self.checkpoint, self.signal = Path(run_dir), step, checkpoint, signum
-        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint was saved"
-        why = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
-        cmd = "slm" if world == 1 else f"torchrun --standalone --nproc_per_node={world} -m slm"   # the same number of processes
-        super().__init__(f"training {why} at step {step}: {where}; resume with: {cmd} train --resume {run_dir}")
-
-    @property
-    def exit_code(self) -> int: return 128 + int(self.signal)
 
 # %% ../nbs/05_training.ipynb #33fe2f70
 class Callback:
@@ -675,12 +601,14 @@ def _make_tokenizer(kind: str) -> Tokenizer:
     if kind == "char": return CharTokenizer()
     raise ConfigError(f"unknown tokenizer {kind!r}; expected 'char'", "data.tokenizer")
 
+BUILD_CHECKS: dict[str, Callable] = {}   # name -> check(cfg, device): raises `ConfigError` for a run that cannot start
+
 def _build(cfg: TrainingConfig, tok: Tokenizer, say: Callable, callbacks, dist: DistContext) -> Run:
     "Every piece of a run built from `cfg`, in the order that keeps the random draws reproducible (wrapped for data parallel under torchrun)."
     m, d, o, rank, device = cfg.model, cfg.data, cfg.other, dist.rank, dist.device_
     if tok.vocab_size != m.vocab_size:   # a larger vocabulary would train, but no tokenizer reads its samples
         raise ConfigError(f"must match the tokenizer ({tok.vocab_size} ids), got {m.vocab_size}", "model.vocab_size")
-    check_memory(cfg, device)                            # before the corpus is read or the model allocated
+    for check in BUILD_CHECKS.values(): check(cfg, device)   # before the corpus or the model (05b: memory)
     cores = os.cpu_count() or 1                          # more threads only contend; thousands make OpenMP abort
     if (o.num_threads or 0) > 4 * cores:
         raise ConfigError(f"{o.num_threads} is more than 4 per core ({cores} cores: at most {4 * cores}; "
@@ -788,7 +716,6 @@ def _reopen(run: Run, ckpt: dict, path: Path):
     m["status"] = "running"
     run.folder.write_manifest(m)
 
-# %% ../nbs/05_training.ipynb #35812c89
 def count_step(run: Run, step: int, loss: float, seconds: float):
     "Record optimizer step `step` (its loss in nats/token and its duration) in the run's counters."
     run.step, run.last_loss, run.tokens = step, loss, run.tokens + run.tokens_per_step
@@ -910,6 +837,18 @@ def diverge(run: Run, step: int, lr: float, what: str, flush: tuple | None = Non
     raise DivergenceError(msg, run.dir, step)
 
 # %% ../nbs/05_training.ipynb #3230d2ed
+class TrainingInterrupted(KeyboardInterrupt):
+    "Training stopped by Ctrl-C or SIGTERM. `run_dir`, `step`, `checkpoint` (the file to resume from, or None) and `signal` say where and why; `str(e)` says how to resume."
+    def __init__(self, run_dir: Path, step: int, checkpoint: Path | None, signum: int = signal.SIGINT, world: int = 1):
+        self.run_dir, self.step, self.checkpoint, self.signal = Path(run_dir), step, checkpoint, signum
+        where = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint was saved"
+        why = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
+        cmd = "slm" if world == 1 else f"torchrun --standalone --nproc_per_node={world} -m slm"   # the same number of processes
+        super().__init__(f"training {why} at step {step}: {where}; resume with: {cmd} train --resume {run_dir}")
+
+    @property
+    def exit_code(self) -> int: return 128 + int(self.signal)
+
 @dataclass
 class RunResult:
     "What `train` returns: where the run is and how it went. Losses in nats/token."
