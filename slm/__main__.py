@@ -104,10 +104,11 @@ def cmd_train(args) -> int:
     _end_process_group(clean=True)
     if not _is_rank0(): return 0
     print(f"\nrun folder:       {r.run_dir}")
-    if r.final_val_loss is not None:
-        print(f"validation loss:  {r.final_val_loss:.4f} nats/char = {bits_per_char(r.final_val_loss):.4f} bits/char "
-              f"(best {r.best_val_loss:.4f}); {r.steps} steps in {r.elapsed_s:.0f} s")
     model, tok, rcfg = load_run(r.run_dir)
+    if r.final_val_loss is not None:      # measured on the first eval.eval_batches batches: `slm evaluate` gives the exact one
+        print(f"validation loss (estimate over up to {rcfg.eval.eval_batches} batches; exact: slm evaluate): "
+              f"{r.final_val_loss:.4f} nats/char = {bits_per_char(r.final_val_loss):.4f} bits/char "
+              f"(best {r.best_val_loss:.4f}); {r.steps} steps in {r.elapsed_s:.0f} s")
     prompt = rcfg.eval.sample_prompt
     text = generate_text(model, tok, prompt, max_new_tokens=300, temperature=rcfg.sampling.temperature,
                          top_k=rcfg.sampling.top_k, top_p=rcfg.sampling.top_p, seed=rcfg.other.seed)
@@ -116,10 +117,8 @@ def cmd_train(args) -> int:
 
 def _end_process_group(clean: bool):
     "Under torchrun, end the process group before the process exits (after a barrier if `clean`): a process that exits with gloo still running sometimes aborts (`terminate called without an active exception`). Nothing without torchrun."
-    import torch.distributed as td
-    if not (td.is_available() and td.is_initialized()): return
-    if clean: td.barrier()
-    td.destroy_process_group()
+    from slm.parallel import end_process_group   # companion 05c: where the process group is started and ended
+    end_process_group(clean)
 
 def _generation_bar(total: int):
     "A tqdm bar on stderr for a long generation (2,000 characters or more) whose text goes to a file or pipe; None otherwise (on a terminal the text itself shows the progress)."

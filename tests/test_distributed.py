@@ -114,10 +114,10 @@ def test_resume_with_another_world_size_is_refused(world2, tmp_path):
 
 
 def test_agree_gives_every_process_the_same_decisions(tmp_path):
-    "`DistContext.agree`: the mean loss, stop if any process must, and the longest clock, the same on every process (what keeps the learning rate and the last step of a time-budgeted run the same everywhere)."
+    "`DataParallel.agree` (companion 05c): the mean loss, stop if any process must, and the longest clock, the same on every process (what keeps the learning rate and the last step of a time-budgeted run the same everywhere)."
     script = tmp_path / "agree.py"
-    script.write_text("import os, sys\nfrom pathlib import Path\nfrom slm.training import DistContext\n"     # one file per rank:
-                      "r = int(os.environ['RANK'])\nd = DistContext(r, int(os.environ['WORLD_SIZE']), r)\nd.setup('cpu')\n"  # their stdout interleaves
+    script.write_text("import os, sys\nfrom pathlib import Path\nfrom slm.parallel import DataParallel\n"     # one file per rank:
+                      "r = int(os.environ['RANK'])\nd = DataParallel(r, int(os.environ['WORLD_SIZE']), r)\nd.setup('cpu')\n"  # their stdout interleaves
                       "Path(sys.argv[1], f'rank{r}.txt').write_text(repr(d.agree(1.0 + 2 * r, r == 1, 10.0 + 3 * r)))\n"
                       "import torch.distributed as td\ntd.barrier(); td.destroy_process_group()\n")   # a clean exit: without it gloo sometimes aborts the process at exit
     p = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)], capture_output=True, text=True,

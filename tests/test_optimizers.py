@@ -1,4 +1,5 @@
-"""Chapter 05's optimizers: the registry behind `training.optimizer`, the learning-rate schedules, Newton–Schulz and Muon."""
+"""Chapter 05's optimizers (the registry behind `training.optimizer`, the learning-rate schedules) and companion
+05a's Newton–Schulz and Muon."""
 import math
 import typing
 
@@ -8,7 +9,8 @@ import torch.nn as nn
 
 from slm.config import ConfigError, TrainConfig, config_from_dict
 from slm.model import GPT
-from slm.training import OPTIMIZERS, Muon, lr_at, make_optimizer, muon_groups, muon_lr_factor, newton_schulz, param_groups
+from slm.optimizers import Muon, muon_groups, muon_lr_factor, newton_schulz
+from slm.training import OPTIMIZERS, lr_at, make_optimizer, param_groups
 
 
 def test_optimizers_match_the_config_and_build_from_it():

@@ -511,6 +511,8 @@ def test_train_from_a_fresh_interpreter_registers_every_chapter(tiny_run, tmp_pa
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "'slm.generation'" in r.stdout and "'slm.memory'" in r.stdout, r.stdout
+    for companion in ("slm.optimizers", "slm.runs", "slm.parallel"):   # 05's companions, imported with slm.training
+        assert f"'{companion}'" in r.stdout, r.stdout
     lib = tmp_path / "lib"
     samples = [json.loads(l) for l in (lib / "samples.jsonl").read_text().splitlines()]
     assert [s["step"] for s in samples] == [0, 2] and all(s["text"] for s in samples)
