@@ -12,25 +12,7 @@ from slm.config import (HOOK_KINDS, ConfigError, ModelConfig, TrainingConfig, ap
 from slm.hooks import HOOKS, HookSet, Positive, add_hook, add_update_hook, identity, register_hook, run_with_cache
 from slm.hook_configs import annealed_grad_noise, learned_scale, project_tangent, sign, straight_through
 from slm.model import GPT, HookPoint
-
-
-def write(tmp_path, name, text):
-    p = tmp_path / name
-    p.write_text(text, encoding="utf-8")
-    return p
-
-
-def error_of(fn, *args):
-    "The ConfigError raised by fn(*args), checked to be one line."
-    with pytest.raises(ConfigError) as info:
-        fn(*args)
-    assert "\n" not in str(info.value), str(info.value)
-    return str(info.value)
-
-
-def tiny(**kw):
-    return ModelConfig(**{**dict(vocab_size=99, context_length=16, n_layers=2, d_model=32, n_heads=4, d_ff=64, dropout=0.0),
-                          **kw})
+from test_hooks import error_of, tiny, write   # the helpers of chapter 04's tests
 
 
 @pytest.fixture
