@@ -1,14 +1,15 @@
 __version__ = "0.1.0"
 
 # A Part II companion plugs into its chapter through a registry the chapter offers (chapter 02's `ERROR_WORDS` and
-# `MOVED` for the companion 02a, chapter 03's `ATTENTION_PATHS` for 03a). It comes after the chapter in the book, so
-# the chapter's module cannot import it.
+# `MOVED` for the companion 02a; chapter 03's `ATTENTION_PATHS` for 03a; chapter 04's hook registry and `HookSet`, and
+# 02's config checks, for 04a). It comes after the chapter in the book, so the chapter's module cannot import it.
 # The package imports it instead, right after the chapter's module has run, so that `slm.config` behaves the same
 # whichever module a program imports first. Nothing is imported before that (`slm --help` imports no chapter).
 import sys as _sys
 
-# a chapter's module -> its companion, imported right after it
-_COMPANIONS = {"slm.config": "slm.config_errors", "slm.model": "slm.speed"}
+_COMPANIONS = {"slm.config": "slm.config_errors",   # a chapter's module -> its companion, imported right after it
+               "slm.model": "slm.speed",
+               "slm.hooks": "slm.hook_configs"}
 
 
 class _CompanionFinder:

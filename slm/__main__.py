@@ -271,14 +271,14 @@ def cmd_export(args) -> int:
 
 # %% ../nbs/cli.ipynb #92b58456
 def cmd_bench(args) -> int:
-    "`slm bench [CONFIG]`: print the JSON report of chapter 07's `run_bench` (training tokens/s and MFU per dtype, generation with and without the KV cache, each eager and through torch.compile, tokenizer, `targets_met`); with `--sweep` its `bench_sweep` (cost as context length and d_model grow), with `--ingest` chapter 01's `ingest_benchmark` (token-cache build speed and peak memory for 50 MB, 200 MB and 1 GB corpora)."
+    "`slm bench [CONFIG]`: print the JSON report of companion 07b's `run_bench` (training tokens/s and MFU per dtype, generation with and without the KV cache, each eager and through torch.compile, tokenizer, `targets_met`); with `--sweep` its `bench_sweep` (cost as context length and d_model grow), with `--ingest` chapter 01's `ingest_benchmark` (token-cache build speed and peak memory for 50 MB, 200 MB and 1 GB corpora)."
     import torch
     if args.threads: torch.set_num_threads(args.threads)
     if args.ingest:
         from slm.corpora import ingest_benchmark
         print(json.dumps(ingest_benchmark(args.ingest_sizes), indent=1))
         return 0
-    from slm.evaluation import bench_sweep, run_bench
+    from slm.bench import bench_sweep, run_bench
     cfg = _load_config(args)
     if args.sweep:
         print(json.dumps(bench_sweep(cfg, steps=args.steps), indent=1))

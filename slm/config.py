@@ -526,7 +526,7 @@ def config_to_yaml(cfg: TrainingConfig,      # the config to write
     return "\n".join(out) + "\n"
 
 def save_config(cfg: TrainingConfig, path, minimal: bool = False, header: str | None = None) -> Path:
-    "Write `config_to_yaml(cfg, minimal, header)` to `path` (folders created; atomically, chapter 00's `atomic_write`), return it; `load_config(path)` reads back an equal config (a relative `data.source` then counts from `path`'s folder)."
+    "Write `config_to_yaml(cfg, minimal, header)` to `path` (folders created; atomically, with 00a's `atomic_write`), return it; `load_config(path)` reads back an equal config (a relative `data.source` then counts from `path`'s folder)."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, config_to_yaml(cfg, minimal, header))

@@ -7,38 +7,30 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import statistics
-import subprocess
-import sys
 import time
 
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, TrainingConfig, config_from_dict, config_to_dict, load_config
-from .data import CorpusError, RandomWindows, load_corpus, read_corpus, shakespeare_text
+from .config import ConfigError, TrainingConfig, config_to_dict, load_config
+from .data import CorpusError, load_corpus, read_corpus
 from .files import atomic_write
-from .generation import generation_speed
 from .model import GPT, LN2, bits_per_char, eval_mode, perplexity
-from .tokenizer import CharTokenizer
-from .training import (CheckpointError, autocast_context, find_checkpoint, has_fast_bfloat16, load_run, make_optimizer,
-                          pick_device, read_jsonl, resolve_dtype, train_step)
+from .training import CheckpointError, find_checkpoint, load_run, read_jsonl
 
 # %% auto #0
-__all__ = ['NOT_COMPARED', 'WORD', 'BENCH_TARGETS', 'window_plan', 'TokenScores', 'score_tokens', 'loss_by_position',
-           'plot_loss_by_position', 'unigram_probs', 'bigram_probs', 'LossStat', 'baseline_losses', 'EvaluationError',
-           'load_for_eval', 'EvalReport', 'evaluate_run', 'format_table', 'format_report', 'RunSummary', 'run_summary',
+__all__ = ['NOT_COMPARED', 'WORD', 'window_plan', 'TokenScores', 'score_tokens', 'loss_by_position', 'plot_loss_by_position',
+           'unigram_probs', 'bigram_probs', 'LossStat', 'baseline_losses', 'EvaluationError', 'load_for_eval',
+           'EvalReport', 'evaluate_run', 'format_table', 'format_report', 'RunSummary', 'run_summary',
            'config_differences', 'compare_runs', 'format_comparison', 'plot_runs', 'save_runs_plot', 'words',
-           'char_entropy', 'repetition_rate', 'known_word_rate', 'sample_heuristics', 'matmul_peak_gflops',
-           'bench_training', 'matvec_floor', 'bench_generation', 'bench_tokenizer', 'run_bench', 'bench_sweep']
+           'char_entropy', 'repetition_rate', 'known_word_rate', 'sample_heuristics']
 
 # %% ../nbs/07_evaluation.ipynb #96280044
 def window_plan(n_tokens: int,         # tokens in the text; the targets are tokens 1 … n_tokens-1
@@ -271,7 +263,6 @@ def evaluate_run(run_dir,                    # a run folder (or one checkpoint f
     return EvalReport(str(run_dir), str(ckpt), step, what, len(ids), int(np.count_nonzero(np.asarray(ids) == tok.unk_id)), T,
                       rows, loss_by_position(scores, T)[0], scores.mean_entropy)
 
-# %% ../nbs/07_evaluation.ipynb #db511b42
 def format_table(rows: list[dict],                    # one dict per row
                  columns: dict[str, str] | None = None, # key -> header, in order (default: the keys of the first row)
                 ) -> str:
@@ -445,182 +436,3 @@ def sample_heuristics(text: str,             # a sample, or real text to compare
         s = score_tokens(model, tokenizer.encode(text, unk="ignore"))
         out.update(model_entropy=bits_per_char(s.mean_entropy), model_loss=bits_per_char(s.mean_loss))
     return out
-
-# %% ../nbs/07_evaluation.ipynb #9d40c298
-BENCH_TARGETS = {"training_mfu": 0.65, "generation_batch1_tokens_per_s": 1500.0}   # speed targets for the baseline config
-
-def _sync(device: torch.device):
-    if device.type == "cuda": torch.cuda.synchronize(device)
-
-def matmul_peak_gflops(n: int = 1024, dtype=torch.float32, seconds: float = 2.0, device="cpu") -> float:
-    """Best sustained GFLOP/s of an `n×n @ n×n` matrix multiply (2n³ FLOPs) in `dtype` on `device`, over about
-    `seconds`: rounds of 5 multiplies after a warm-up. A multiply slower than `seconds / 10` (emulated bfloat16 on an
-    AVX2-only CPU: about 2 s) is timed alone, the best of two, so a slow dtype costs seconds, not tens of them."""
-    device = torch.device(device)
-    a, b = torch.randn(n, n, device=device).to(dtype), torch.randn(n, n, device=device).to(dtype)
-    def timed(k: int) -> float:
-        _sync(device); t0 = time.perf_counter()
-        for _ in range(k): a @ b
-        _sync(device)
-        return k * 2 * n ** 3 / (time.perf_counter() - t0)
-    first = timed(1)                                               # the warm-up, and how slow one multiply is
-    if 2 * n ** 3 / first > seconds / 10: return max(first, timed(1)) / 1e9
-    timed(2)
-    best, t_end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < t_end: best = max(best, timed(5))
-    return best / 1e9
-
-def bench_training(cfg: TrainingConfig, steps: int = 10, warmup: int = 3, dtype: str | None = None,
-                   compile: bool | None = None) -> dict:
-    """Time `steps` optimizer updates (after `warmup` untimed ones, which include any compilation) of `cfg`'s model on
-    its corpus, in `dtype` (default `cfg.other.dtype`), through `torch.compile` if `compile` (default `cfg.other.compile`).
-    Each step is timed on its own and the *median* counts, so one step slowed by another process does not move the
-    figure. Returns tokens/s, seconds/step and achieved GFLOP/s (`flops_per_token` × tokens/s)."""
-    compile = cfg.other.compile if compile is None else compile
-    torch.manual_seed(cfg.other.seed)
-    device, tc, T = pick_device(cfg.other.device), cfg.training, cfg.model.context_length
-    dtype = resolve_dtype(dtype or cfg.other.dtype, device)
-    splits = load_corpus(cfg.data.source, T, cfg.data.val_fraction, cfg.data.fold_unicode, cache=cfg.data.cache_dir)
-    model = GPT(cfg.model).to(device).train()
-    opt = make_optimizer(model, tc)
-    batches = RandomWindows(splits.train, T, tc.batch_size, seed=cfg.other.seed)
-    amp, fmodel = autocast_context(device, dtype), torch.compile(model) if compile else model
-    def step():
-        t0 = time.perf_counter()
-        train_step(fmodel, opt, batches, tc.grad_accum_steps, tc.lr, tc.grad_clip, amp); _sync(device)
-        return time.perf_counter() - t0
-    for _ in range(warmup): step()
-    dt = statistics.median(step() for _ in range(steps))
-    tokens = tc.batch_size * tc.grad_accum_steps * T
-    return {"dtype": dtype, "compile": compile, "tokens_per_s": tokens / dt, "s_per_step": dt,
-            "gflops": model.flops_per_token() * tokens / dt / 1e9}
-
-def matvec_floor(model: torch.nn.Module, # the model whose weight matrices are read (on its own device and dtype)
-                 repeats: int = 30,        # timed passes; the fastest counts
-                ) -> float:                # tokens/s: 1 / seconds of one pass
-    """Batch-1 decoding's upper bound, in tokens/s: if a decode step did nothing but multiply one vector, shape
-    `(1, in_features)`, by each weight matrix of `model` (every `nn.Linear`, the LM head included), as every step must.
-    Raises `ValueError` for a model without `nn.Linear` layers."""
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    if not linears: raise ValueError(f"matvec_floor: {type(model).__name__} has no nn.Linear layers to time")
-    p = next(model.parameters())
-    xs = [torch.randn(1, m.in_features, device=p.device, dtype=p.dtype) for m in linears]
-    best = float("inf")
-    with torch.inference_mode():
-        for m, x in zip(linears, xs): F.linear(x, m.weight, m.bias)     # warm-up
-        for _ in range(repeats):
-            _sync(p.device); t0 = time.perf_counter()
-            for m, x in zip(linears, xs): F.linear(x, m.weight, m.bias)
-            _sync(p.device); best = min(best, time.perf_counter() - t0)
-    return 1 / best
-
-def bench_generation(cfg: TrainingConfig, n_new: int = 256, batch_size: int = 1, repeats: int = 2,
-                     compile: bool = False) -> dict:
-    """Generation tokens/s for `n_new` new tokens per row, `batch_size` rows, with the KV cache (random weights of
-    `cfg.model`'s shape: speed does not depend on them), eager or through `torch.compile(model, dynamic=True)`
-    (`compile`; chapter 06). Eager also times the loop without the cache, and the cache's speed-up. The fastest of
-    `repeats` runs counts. For one row, also `matvec_floor_tokens_per_s` (`matvec_floor`) and the share of it the
-    cached loop reaches."""
-    torch.manual_seed(cfg.other.seed)
-    model = GPT(cfg.model).to(pick_device(cfg.other.device)).eval()
-    cached = generation_speed(torch.compile(model, dynamic=True) if compile else model, n_new, use_cache=True,
-                              batch_size=batch_size, repeats=repeats)
-    out = {"batch_size": batch_size, "compile": compile, "kv_cache_tokens_per_s": cached}
-    if not compile:   # the uncached loop is the reference for the cache's speed-up, so it runs eager only
-        uncached = generation_speed(model, n_new, use_cache=False, batch_size=batch_size, repeats=repeats)
-        out.update(no_cache_tokens_per_s=uncached, kv_cache_speedup=cached / uncached)
-    if batch_size == 1:
-        floor = matvec_floor(model)
-        out.update(matvec_floor_tokens_per_s=floor, share_of_floor=cached / floor)
-    return out
-
-def bench_tokenizer(repeats: int = 5) -> dict:
-    "Encoding speed of the character tokenizer on the whole built-in corpus, best of `repeats`, in MB/s (1 MB = 10⁶ characters)."
-    text, tok = shakespeare_text(), CharTokenizer()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter(); tok.encode(text); best = min(best, time.perf_counter() - t0)
-    return {"characters": len(text), "encode_MB_per_s": len(text) / best / 1e6}
-
-# %% ../nbs/07_evaluation.ipynb #f96e7a67
-def run_bench(cfg: TrainingConfig,                 # the model and batch to time (the default config: the baseline)
-              dtypes=("float32", "bfloat16"),      # training precisions to time
-              steps: int = 10,                     # timed training steps per dtype
-              gen_batches=(1, 8),                  # generation batch sizes to time (empty: no generation)
-              tokenizer: bool = True,
-              compile_modes=(False, True),         # time training and generation eager (False), through torch.compile (True), or both
-             ) -> dict:
-    """The `slm bench` report as a dict: versions, the model, matmul peaks per dtype, training per dtype and compile
-    mode (key `"float32"`, `"float32+compile"`, …: tokens/s, MFU against the peak of its own dtype), generation per
-    batch size and compile mode (key `"batch_1"`, `"batch_1+compile"`, …), tokenizer MB/s, and `targets_met` (one
-    entry per training row, one per batch-1 generation row).
-    bfloat16 training on a device without bfloat16 matmul kernels (`has_fast_bfloat16`; an AVX2-only CPU) is not timed:
-    its rows say `skipped` and why, and have no target (its peak is still measured, and shows the reason)."""
-    device = pick_device(cfg.other.device)
-    model = GPT(cfg.model)
-    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-           "model": {"params": model.num_params(), "flops_per_token": model.flops_per_token(),
-                     "batch": f"{cfg.training.batch_size} x {cfg.model.context_length}", "dropout": cfg.model.dropout},
-           "matmul_peak_gflops": {d: matmul_peak_gflops(dtype=getattr(torch, d), device=device) for d in dtypes}, "training": {}}
-    targets = {}
-    for d in dtypes:
-        for c in compile_modes:
-            key = d + ("+compile" if c else "")
-            if d == "bfloat16" and not has_fast_bfloat16(device):   # emulated: minutes per step at the default config (decision D25)
-                out["training"][key] = {"dtype": d, "compile": c, "skipped": f"no bfloat16 matmul kernels on this {device.type} "
-                                        f"(matmul peak {out['matmul_peak_gflops'][d]:.1f} GFLOP/s)"}
-                continue
-            tr = bench_training(cfg, steps=steps, dtype=d, compile=c)
-            tr["mfu"] = tr["gflops"] / out["matmul_peak_gflops"][d]
-            out["training"][key] = tr
-            targets[f"training {key}: mfu >= {BENCH_TARGETS['training_mfu']}"] = tr["mfu"] >= BENCH_TARGETS["training_mfu"]
-    if gen_batches:
-        out["generation"] = {"new_tokens": 256}
-        for bs in gen_batches:
-            for c in compile_modes:
-                key = f"batch_{bs}" + ("+compile" if c else "")
-                g = out["generation"][key] = bench_generation(cfg, 256, batch_size=bs, compile=c)
-                if bs == 1:
-                    targets[f"generation {key}: kv_cache_tokens_per_s >= {BENCH_TARGETS['generation_batch1_tokens_per_s']:g}"] = \
-                        g["kv_cache_tokens_per_s"] >= BENCH_TARGETS["generation_batch1_tokens_per_s"]
-    if tokenizer: out["tokenizer"] = bench_tokenizer()
-    out["targets_met"] = targets
-    return out
-
-# %% ../nbs/07_evaluation.ipynb #fb1c27ec
-def _sweep_child():
-    "One point of `bench_sweep`, in its own process: reads `{config, steps}` as JSON on stdin, prints the figures as JSON."
-    import resource, sys
-    job = json.loads(sys.stdin.read())
-    cfg = config_from_dict(job["config"])
-    device = pick_device(cfg.other.device)
-    before = _rss_mb()
-    tr = bench_training(cfg, steps=job["steps"], warmup=1)
-    gen = generation_speed(GPT(cfg.model).to(device).eval(), 64, use_cache=True, batch_size=1, repeats=1)
-    peak = (torch.cuda.max_memory_allocated(device) / 1e6 if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before)      # Linux: ru_maxrss in KiB
-    print(json.dumps({"train_tokens_per_s": round(tr["tokens_per_s"]), "gen_batch1_tokens_per_s": round(gen), "peak_MB": round(peak)}))
-
-def _rss_mb() -> float:
-    "This process's resident memory now, in MiB (Linux; 0 elsewhere)."
-    try:
-        with open("/proc/self/statm") as f: return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError): return 0.0
-
-def bench_sweep(cfg: TrainingConfig,                # the starting point: every setting not swept
-                contexts=(64, 128, 256, 512),       # context lengths to time (at `cfg`'s d_model)
-                widths=(64, 128, 256, 512),         # d_model values to time (at `cfg`'s context length; d_ff = 4·d_model)
-                steps: int = 3,                     # timed training steps per point
-               ) -> list[dict]:
-    "Training tokens/s, batch-1 KV-cache generation tokens/s and peak memory (MB) per point, one fresh subprocess each: one dict per point with `vary`, `context_length`, `d_model` and the figures. Raises `RuntimeError` if a point fails (e.g. out of memory)."
-    rows = []
-    for key, values in (("context_length", contexts), ("d_model", widths)):
-        for v in values:
-            d = config_to_dict(cfg)
-            d["model"][key] = v
-            if key == "d_model": d["model"]["d_ff"] = 4 * v
-            r = subprocess.run([sys.executable, "-c", "from slm.evaluation import _sweep_child; _sweep_child()"],
-                               input=json.dumps({"config": d, "steps": steps}), capture_output=True, text=True)
-            if r.returncode: raise RuntimeError(f"sweep point {key}={v} failed: {r.stderr.strip().splitlines()[-1:]}")
-            rows.append({"vary": key, "context_length": d["model"]["context_length"], "d_model": d["model"]["d_model"], **json.loads(r.stdout)})
-    return rows

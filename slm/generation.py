@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import time
 import warnings
 from contextlib import contextmanager
 from typing import Callable, Sequence
@@ -23,7 +22,7 @@ from .training import Callback, DivergenceError, register_callback
 # %% auto #0
 __all__ = ['plot_next_token_probs', 'check_sampling_params', 'greedy', 'apply_temperature', 'top_k_filter', 'top_p_filter',
            'next_token_probs', 'sample_next', 'context_start', 'KVCache', 'generate', 'TextStream', 'generate_text',
-           'SampleCallback', 'chat_turn', 'generation_speed']
+           'SampleCallback', 'chat_turn']
 
 # %% ../nbs/06_generation.ipynb #32fa0bb1
 def plot_next_token_probs(probs: torch.Tensor,   # probabilities, shape `(V,)`
@@ -424,28 +423,3 @@ def chat_turn(model, tokenizer,
         reply = generate_text(model, tokenizer, prompt, max_new_tokens, temperature, top_k, top_p,
                               seed=seed, stop=["\n\n"], use_cache=use_cache).strip()
     return reply, prompt + reply + "\n\n"
-
-# %% ../nbs/06_generation.ipynb #85561eb4
-def generation_speed(model,                   # the model to time (on its own device)
-                     n_new: int = 256,        # tokens generated per timed run
-                     use_cache: bool = True,
-                     batch_size: int = 1,
-                     prompt_len: int = 1,     # random prompt tokens; with 1 + 256 new tokens the last one is never fed back, so 256 positions suffice
-                     temperature: float = 1.0,
-                     repeats: int = 1,        # timed runs; the fastest one counts
-                     seed: int = 0,
-                    ) -> float:               # generated tokens per second: batch_size · n_new / seconds
-    """Time `generate` on a random prompt and return tokens per second; what `slm bench` reports. An untimed run of the
-    same length comes first: it warms the caches, and a `torch.compile`d model compiles there every case the timed runs
-    meet (the prefill, the first decode steps, a full KV cache)."""
-    device = _model_device(model)
-    idx = torch.randint(0, model.cfg.vocab_size, (batch_size, prompt_len), generator=torch.Generator().manual_seed(seed))
-    gen = torch.Generator(device=device).manual_seed(seed)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    generate(model, idx, n_new, temperature, use_cache=use_cache, generator=gen)     # the warm-up run
-    best = float("inf")
-    for _ in range(repeats):
-        sync(); t0 = time.perf_counter()
-        generate(model, idx, n_new, temperature, use_cache=use_cache, generator=gen)
-        sync(); best = min(best, time.perf_counter() - t0)
-    return batch_size * n_new / best

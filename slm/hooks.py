@@ -16,26 +16,21 @@ from typing import Annotated, Any, Callable, Iterable, Literal
 
 import torch
 import torch.nn as nn
-from fastcore.basics import patch as patch_method   # `patch` is this chapter's activation-patching hook
 from pydantic import ConfigDict, Field, ValidationError, create_model
 
-from .config import (HOOK_KINDS, ConfigError, HooksConfig, TrainingConfig, describe_error, hook_list,
-                        register_check)
-from .model import GPT, HookPoint
+from .config import HOOK_KINDS, ConfigError, HooksConfig, TrainingConfig, describe_error, hook_list
+from .model import GPT, HookPoint, public_name
+
 
 # %% auto #0
 __all__ = ['PER_HEAD', 'Positive', 'NonNegative', 'HOOKS', 'HookError', 'find_points', 'HookHandle', 'add_hook', 'hooks',
-           'ActivationCache', 'run_with_cache', 'identity', 'ablate', 'scale', 'noise', 'patch', 'grad_scale',
-           'grad_noise', 'capture_grads', 'straight_through', 'find_params', 'UpdateHookHandle', 'add_update_hook',
-           'clip_value', 'annealed_grad_noise', 'project_tangent', 'sign', 'AuxTerm', 'act_l1', 'act_l2', 'param_l2',
-           'AuxLosses', 'learned_scale', 'HookSpec', 'register_hook', 'resolve_params', 'check_hooks',
-           'aux_metric_names', 'HookSet']
+           'ActivationCache', 'run_with_cache', 'identity', 'ablate', 'scale', 'patch', 'grad_scale', 'capture_grads',
+           'find_params', 'UpdateHookHandle', 'add_update_hook', 'clip_value', 'AuxTerm', 'act_l1', 'act_l2',
+           'param_l2', 'AuxLosses', 'HookSpec', 'register_hook', 'resolve_params', 'aux_metric_names', 'HookSet']
 
 # %% ../nbs/04_hooks.ipynb #3c467ba1
 class HookError(ValueError):
     "A hook broke its contract (returned the wrong type, shape, dtype or device) or named a hook point or parameter that does not exist. The message names the hook point (or parameter) and the hook."
-    def __init__(self, message: str): # one line: which hook point (or parameter) and hook, and what is wrong
-        super().__init__(message)
 
 def _fname(fn) -> str:
     "A readable name for a hook function."
@@ -235,11 +230,6 @@ def scale(factor: float = 1.0): # the multiplier
     def scale_fn(act, hook): return act * factor
     return scale_fn
 
-def noise(std: NonNegative = 0.1): # standard deviation of the noise
-    "A forward hook that adds Gaussian noise N(0, std²) in training mode (like dropout: evaluation sees the clean activation)."
-    def noise_fn(act, hook): return act + torch.randn_like(act) * std if hook.training else None
-    return noise_fn
-
 def patch(cache: dict,                           # activations of another run by hook-point name, e.g. a `run_with_cache` cache
           positions: slice | list | None = None, # only these positions (the sequence axis); None: all of them
          ):
@@ -259,48 +249,31 @@ def grad_scale(factor: float = 1.0): # the multiplier of the gradient
     def grad_scale_fn(grad, hook): return grad * factor
     return grad_scale_fn
 
-def grad_noise(std: NonNegative = 1e-3): # standard deviation of the noise
-    "A backward hook that adds Gaussian noise N(0, std²) to the gradient."
-    def grad_noise_fn(grad, hook): return grad + torch.randn_like(grad) * std
-    return grad_noise_fn
-
 def capture_grads(store: dict):
     "A backward hook that records the gradient at each point into `store[name]` (detached) and changes nothing."
     def capture_fn(grad, hook): store[hook.name] = grad.detach()
     return capture_fn
 
-# %% ../nbs/04_hooks.ipynb #d193c1a0
-class _StraightThrough(torch.autograd.Function):
-    "Forward: `op(x)`; backward: the gradient passes through unchanged, as if `op` were the identity (Bengio, Léonard & Courville 2013)."
-    @staticmethod
-    def forward(ctx, x, op): return op(x)
-
-    @staticmethod
-    def backward(ctx, grad): return grad, None
-
-def straight_through(op: Literal["round", "sign"] = "round", # "round": round(x / step) · step; "sign": sign(x)
-                     step: Positive = 0.1, # the grid spacing for "round"
-                    ):
-    "A forward hook with a custom gradient: quantise the activation, and let the gradient through as if nothing had happened (the straight-through estimator)."
-    if op not in ("round", "sign"): raise ValueError(f"op must be 'round' or 'sign', got {op!r}")
-    f = (lambda x: torch.round(x / step) * step) if op == "round" else torch.sign
-    def straight_through_fn(act, hook):
-        return _StraightThrough.apply(act, f) if torch.is_grad_enabled() and act.requires_grad else f(act)
-    return straight_through_fn
-
 # %% ../nbs/04_hooks.ipynb #f8ccfebc
-def find_params(model: nn.Module, params="*") -> list[tuple[str, nn.Parameter]]:
-    "`(name, parameter)` for the trainable parameters that `params` selects (a name, glob, list or predicate; tied tensors once). Raises `HookError` if a name or glob selects nothing."
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if callable(params): chosen = [(n, p) for n, p in named if params(n)]
+def find_params(model: nn.Module, # a `GPT`
+                params="*",       # a name, glob, list of those, or predicate on names; "*": every trainable parameter
+               ) -> list[tuple[str, nn.Parameter]]: # `(public name, parameter)`, tied tensors once
+    """The trainable parameters that `params` selects, by their `public_name` (`blocks.0.attn.c_attn.weight`). A name
+    or glob in the state-dict spelling (`transformer.h.0.…`) selects the same parameters; a predicate sees public
+    names. Raises `HookError` naming a name or glob that selects nothing (with the closest name)."""
+    named = [(public_name(n), n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if callable(params): chosen = [(n, p) for n, _, p in named if params(n)]
     else:
         pats = [params] if isinstance(params, str) else list(params)
+        hit = lambda pat, n, key: fnmatch.fnmatchcase(n, pat) or fnmatch.fnmatchcase(key, pat)
         for pat in pats:
-            if not any(fnmatch.fnmatchcase(n, pat) for n, _ in named):
-                close = difflib.get_close_matches(pat, [n for n, _ in named], n=1)
+            if not any(hit(pat, n, key) for n, key, _ in named):
+                names = [key if pat.startswith("transformer.") else n for n, key, _ in named]
+                close = difflib.get_close_matches(pat, names, n=1)
                 raise HookError(f"no parameter matches {pat!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
-                                f"the model's parameters are named like {named[0][0]} … {named[-1][0]}")
-        chosen = [(n, p) for n, p in named if any(fnmatch.fnmatchcase(n, pat) for pat in pats)]
+                                f"parameters are named like {named[0][0]} … {named[-1][0]}, "
+                                f"or by their state-dict keys ({named[0][1]} …)")
+        chosen = [(n, p) for n, key, p in named if any(hit(pat, n, key) for pat in pats)]
     if not chosen: raise HookError("the parameter selection is empty")
     return chosen
 
@@ -338,24 +311,6 @@ def clip_value(limit: Positive = 0.01): # the largest allowed |gradient element|
     def clip_value_fn(grad, param, step): return grad.clamp(-limit, limit)
     return clip_value_fn
 
-def annealed_grad_noise(eta: Positive = 0.01,      # noise variance at step 0 (the paper tries 0.01, 0.3, 1.0)
-                        gamma: NonNegative = 0.55, # decay exponent of the variance (the paper's)
-                       ):
-    "An update hook that adds N(0, σ_t²) with σ_t² = eta / (1 + t)^gamma to every gradient at step t (Neelakantan et al. 2015, eq. 1)."
-    def grad_noise_fn(grad, param, step): return grad + torch.randn_like(grad) * math.sqrt(eta / (1 + step) ** gamma)
-    return grad_noise_fn
-
-def project_tangent():
-    "An update hook that removes from each gradient its component along the weight: g - (⟨g, w⟩ / ‖w‖²) w (a zero weight is left alone)."
-    def project_fn(grad, param, step):
-        ww = (param * param).sum()
-        return None if ww == 0 else grad - (grad * param).sum() / ww * param
-    return project_fn
-
-def sign():
-    "An update hook that replaces each gradient element by its sign (signSGD, Bernstein et al. 2018)."
-    def sign_fn(grad, param, step): return grad.sign()
-    return sign_fn
 
 # %% ../nbs/04_hooks.ipynb #4cf04359
 @dataclass
@@ -426,20 +381,6 @@ class AuxLosses:
         for h in self.handles: h.remove()
         self.handles, self.pending = [], {}
 
-# %% ../nbs/04_hooks.ipynb #45199cc2
-class learned_scale:
-    "A forward hook with a parameter: multiply the activation by a learned scalar `gain` (one per point, registered on the point as `hook_gain`, initialised to `init`)."
-    def __init__(self, init: float = 1.0): # the gain's starting value (1 = the model starts unchanged)
-        self.init = init
-
-    def setup(self, point: HookPoint, model: nn.Module):
-        device = next((p.device for p in model.parameters()), None)
-        point.register_parameter("hook_gain", nn.Parameter(torch.tensor(float(self.init), device=device)))
-
-    def teardown(self, point: HookPoint): del point.hook_gain
-
-    def __call__(self, act, hook): return act * hook.hook_gain.to(act.dtype)
-
 # %% ../nbs/04_hooks.ipynb #5b143c4f
 @dataclass
 class HookSpec:
@@ -478,62 +419,18 @@ def register_hook(kind: str,                    # "forward", "backward", "update
 
 for _kind, _name, _factory, _extra in [
         ("forward", "identity", identity, {}), ("forward", "ablate", ablate, {}), ("forward", "scale", scale, {}),
-        ("forward", "noise", noise, {}), ("forward", "learned_scale", learned_scale, {}),
         ("backward", "identity", identity, {}), ("backward", "grad_scale", grad_scale, {}),
-        ("backward", "grad_noise", grad_noise, {}), ("backward", "straight_through", straight_through, {"direction": "fwd"}),
         ("update", "identity", identity, {}), ("update", "clip_value", clip_value, {}),
-        ("update", "grad_noise", annealed_grad_noise, {}), ("update", "project_tangent", project_tangent, {}),
-        ("update", "sign", sign, {}),
         ("aux", "act_l1", act_l1, {}), ("aux", "act_l2", act_l2, {}), ("aux", "param_l2", param_l2, {"targets": "parameters"})]:
     register_hook(_kind, _name, **_extra)(_factory)
-
-# %% ../nbs/04_hooks.ipynb #cff4ade6
-def _unknown_hook(kind: str, name: str) -> str:
-    "The problem text for an unknown hook name: the closest name of that kind, the kind it belongs to if another, and the valid names."
-    valid = list(HOOKS[kind])
-    close = difflib.get_close_matches(name, valid, n=1)
-    other = [k for k in HOOK_KINDS if k != kind and name in HOOKS[k]]
-    hint = f"did you mean {close[0]!r}? " if close else f"it belongs under hooks.{other[0]}; " if other else ""
-    return f"unknown {kind} hook {name!r} ({hint}{kind} hooks: {', '.join(valid)})"
 
 def resolve_params(spec: HookSpec, params: dict, where: str) -> dict:
     "`params` checked against `spec.schema`, defaults filled in. Raises `ConfigError` at `where.params.<name>` for the first problem."
     try: return spec.schema.model_validate(params).model_dump(mode="python")
     except ValidationError as e:
-        rec = e.errors()[0]
-        if rec["type"] == "extra_forbidden":
-            p, valid = str(rec["loc"][-1]), list(spec.schema.model_fields)
-            close = difflib.get_close_matches(p, valid, n=1, cutoff=0.7)
-            hint = (f"did you mean {close[0]!r}? " if close else "") + (f"valid: {', '.join(valid)}" if valid else "it takes no parameters")
-            raise ConfigError(f"unknown parameter of {spec.kind} hook {spec.name!r} ({hint})", f"{where}.params.{p}") from None
-        key, problem, _ = describe_error({**rec, "loc": ("params", *rec["loc"])})
+        key, problem, _ = describe_error({**e.errors()[0], "loc": ("params", *e.errors()[0]["loc"])})
         raise ConfigError(problem, f"{where}.{key}") from None
 
-def _check_entry(kind: str, i: int, e, model: GPT):
-    "Check one `hooks.<kind>[i]` entry against the registry and `model` (a meta-device `GPT`); fill in its point and parameters."
-    where = f"hooks.{kind}[{i}]"
-    if e.name not in HOOKS[kind]: raise ConfigError(_unknown_hook(kind, e.name), f"{where}.name")
-    spec = HOOKS[kind][e.name]
-    if spec.targets == "activations" and not e.point:
-        raise ConfigError(f"{kind} hook {e.name!r} needs a hook point, e.g. 'blocks.0.hook_resid_post' (GPT.hook_names() lists them; "
-                          "* matches any part)", f"{where}.point")
-    e.point, e.params = e.point or "*", resolve_params(spec, e.params, where)
-    try:
-        made = spec.factory(**e.params)
-        if spec.targets == "parameters": find_params(model, e.point)
-        else:
-            for p in find_points(model, e.point):
-                if hasattr(made, "check"): made.check(p, model)
-    except (HookError, ValueError) as err:
-        raise ConfigError(str(err), f"{where}.point", related=("model.n_layers", "model.n_heads", "model.pos_encoding")) from None
-
-@register_check("hooks")
-def check_hooks(cfg: TrainingConfig):
-    "The config check of this chapter (registered with `slm.config.register_check`): every hook entry names a registered hook with valid parameters and points that exist in the model."
-    if not any(getattr(cfg.hooks, kind) for kind in HOOK_KINDS): return
-    with torch.device("meta"): model = GPT(cfg.model)
-    for kind in HOOK_KINDS:
-        for i, e in enumerate(getattr(cfg.hooks, kind)): _check_entry(kind, i, e, model)
 
 # %% ../nbs/04_hooks.ipynb #6d9fd17a
 def aux_metric_names(entries: list) -> list[str]:
@@ -559,28 +456,28 @@ class HookSet:
             self.remove(); raise
         self.hook_list = hook_list(hc)   # after attaching: every entry's point and parameters are filled in
 
-    def _made(self, kind, i, e) -> tuple[HookSpec, Any]:
-        "The spec of entry `e` and the hook its factory builds (the entry's point and parameters filled in)."
+    def _attach(self, kind, i, e, aux_key):
+        "Build entry `e` of `hooks.<kind>` (its point and parameters filled in) and attach it."
         where = f"hooks.{kind}[{i}]"
-        if e.name not in HOOKS[kind]: raise ConfigError(_unknown_hook(kind, e.name), f"{where}.name")
+        if e.name not in HOOKS[kind]:
+            valid = ", ".join(HOOKS[kind])
+            raise ConfigError(f"unknown {kind} hook {e.name!r} ({kind} hooks: {valid})", f"{where}.name")
         spec = HOOKS[kind][e.name]
         e.point, e.params = e.point or "*", resolve_params(spec, e.params, where)
-        try: return spec, spec.factory(**e.params)
+        try: made = spec.factory(**e.params)
         except (TypeError, ValueError) as err: raise ConfigError(str(err), f"{where}.params") from None
-
-    def _attach(self, kind, i, e, aux_key):
-        spec, made = self._made(kind, i, e)
         try:
             if kind == "aux": self.aux.add(aux_key, made, **({"points": e.point} if spec.targets == "activations" else {"params": e.point}))
             elif kind == "update": self.handles.append(add_update_hook(self.optimizer, self.model, made, e.point))
             else: self.handles.append(add_hook(self.model, e.point, made, spec.direction))
-        except HookError as err: raise ConfigError(str(err), f"hooks.{kind}[{i}].point") from None
+        except HookError as err: raise ConfigError(str(err), f"{where}.point") from None
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer):
         "Attach the section's update hooks to `optimizer` (once). Raises `ConfigError` naming the entry for a bad one."
         if self.optimizer is not None: raise ValueError("HookSet.attach_optimizer: an optimizer is attached already")
         self.optimizer = optimizer
         for i, e in enumerate(self.hc.update): self._attach("update", i, e, None)
+        self.hook_list = hook_list(self.hc)
 
     def aux_loss(self) -> torch.Tensor | None:
         "The weighted sum of the auxiliary losses of the forward pass just run (None without aux terms): add it to the loss."
@@ -598,21 +495,3 @@ class HookSet:
 
     def __enter__(self): return self
     def __exit__(self, *exc): self.remove()
-    def __len__(self): return len(self.hook_list)
-    def __repr__(self):
-        return "HookSet(" + (", ".join(f"{h['kind']} {h['name']} at {h['point']}" for h in self.hook_list) or "no hooks") + ")"
-
-# %% ../nbs/04_hooks.ipynb #de484e59
-@patch_method
-def state_dict(self: HookSet) -> dict:
-    "What a checkpoint needs to continue exactly: each update hook's step count and the auxiliary losses' running sums."
-    return {"update_steps": [h.step for h in self.handles if isinstance(h, UpdateHookHandle)],
-            "aux_meter": {k: list(v) for k, v in self.aux.meter.items()}}
-
-@patch_method
-def load_state_dict(self: HookSet, state: dict | None):
-    "Restore `state_dict()` (None or {}: nothing to restore, e.g. a checkpoint from before hooks existed)."
-    if not state: return
-    for h, s in zip([h for h in self.handles if isinstance(h, UpdateHookHandle)], state.get("update_steps", [])): h.step = int(s)
-    for k, v in state.get("aux_meter", {}).items():
-        if k in self.aux.meter: self.aux.meter[k] = [float(v[0]), int(v[1])]

@@ -106,16 +106,19 @@ def project_causal(self: QKMemory, q: torch.Tensor,  # queries `(B, H, T_q, d_k)
 # %% ../nbs/09_memory_probe.ipynb #78a64c10
 @dataclass
 class NIAHResult:
-    "What `niah_probe` returns. Cosines are in [-1, 1]; `passed` is `accuracy >= threshold` (decision D19)."
+    """What `niah_probe` returns. Cosines are in [-1, 1]. The result is the *gain* of the read over the cue, paired per
+    trial and head; `passed` is `gain_low > 0`, the lower end of the gain's 95 % interval above zero (decision D19)."""
+    gain: float          # mean of cosine(q', needle) - cosine(cue, needle): what the memory adds to the cue alone
+    gain_low: float      # the gain's 95 % interval over the trials x heads pairs: mean -/+ 1.96 sd / sqrt(pairs)
+    gain_high: float
+    passed: bool         # gain_low > 0: the read is closer to the needle than the cue, by more than the probe's noise
     accuracy: float      # mean cosine(q', needle) over trials (and heads)
     worst: float         # the lowest single cosine
-    passed: bool
     cue_only: float      # mean cosine(cue, needle): what returning the cue unchanged scores (no memory at all)
     absent: float        # mean cosine(q', needle) when the needle was NOT written (same haystack): retrieval by luck
     n_keys: int          # haystack keys written (the needle is one more)
     d_k: int
     trials: int
-    threshold: float
     seconds: float       # wall time of the probe
 
 def random_keys(n: int, d_k: int, batch: int = 1, heads: int = 1, g: torch.Generator | None = None) -> torch.Tensor:
@@ -138,14 +141,14 @@ def _haystack(n, d, trials, H, cue_noise, g, pool=None):
 def niah_probe(memory: QKMemory | int,    # a memory (its persistent keys stay in), or d_k for a fresh one without persistent keys
                n_haystack: int = 100,     # random keys written besides the needle (decision D19)
                trials: int = 16,          # independent haystacks, run as one batch
-               threshold: float = 0.8,    # pass mark for the mean cosine (decision D19)
                cue_noise: float = 0.75,   # the query is needle + N(0, cue_noise²·‖needle‖²·I/d_k): cosine(cue, needle) ≈ 1/sqrt(1 + cue_noise²) = 0.8
                seed: int = 0,
                pool: torch.Tensor | None = None, # keys to draw the haystack and the needle from, `(n_heads, N, d_k)`; None = random keys N(0, I/d_k)
               ) -> NIAHResult:
     """Needle in a haystack for a `QKMemory`: reset, write `n_haystack` random keys with the needle at a random position,
     read with a noisy copy of the needle (the cue), score `cosine(q', needle)`. With the default `cue_noise` the cue alone
-    scores 0.8, the pass mark: to pass, the memory must clean the cue up. Also reads a copy of the memory that never saw the needle."""
+    scores 0.8: to pass, the read must be closer to the needle than the cue is, by more than the noise of `trials`
+    haystacks. Also reads a copy of the memory that never saw the needle."""
     if isinstance(memory, int): memory = QKMemory(memory)
     t0, d, H = time.perf_counter(), memory.d_k, memory.n_heads
     keys, needle, cue, pos = _haystack(n_haystack, d, trials, H, cue_noise, torch.Generator().manual_seed(seed), pool)
@@ -155,9 +158,12 @@ def niah_probe(memory: QKMemory | int,    # a memory (its persistent keys stay i
     out = memory.read(torch.cat([cue, cue]).to(dev)).float().cpu()
     memory.M = memory.norm_sum = None                                               # free the state
     cos = torch.cosine_similarity(out, torch.cat([needle, needle]), dim=-1).view(2, -1)  # (2, trials * H)
-    acc = float(cos[0].mean())
-    return NIAHResult(acc, float(cos[0].min()), acc >= threshold, float(torch.cosine_similarity(cue, needle, dim=-1).mean()),
-                      float(cos[1].mean()), n_haystack, d, trials, threshold, time.perf_counter() - t0)
+    cue_cos = torch.cosine_similarity(cue, needle, dim=-1).flatten()                # (trials * H,), the pairs' other half
+    gain = cos[0] - cue_cos
+    half = 1.96 * float(gain.std()) / math.sqrt(gain.numel()) if gain.numel() > 1 else math.inf
+    g = float(gain.mean())
+    return NIAHResult(g, g - half, g + half, g - half > 0, float(cos[0].mean()), float(cos[0].min()), float(cue_cos.mean()),
+                      float(cos[1].mean()), n_haystack, d, trials, time.perf_counter() - t0)
 
 # %% ../nbs/09_memory_probe.ipynb #63125212
 def expected_cosine(n_keys: int, d_k: int, cue_noise: float = 0.75) -> float:
@@ -265,20 +271,27 @@ def model_keys(model: GPT, ids, n_windows: int = 4) -> dict[int, torch.Tensor]:
 def probe_model(model: GPT,            # a `GPT`, with or without the `qk_memory` hook
                 ids,                   # token ids of text to take the model's keys from (the validation split in training)
                 n_haystack: int = 100, # haystack keys (decision D19: 100)
-                trials: int = 16, threshold: float = 0.8, seed: int = 0,
+                trials: int = 16, seed: int = 0,
                ) -> dict | None:       # the metrics fields, or None for a model without memory
     """The needle-in-a-haystack probe of the model's own memory (decision D19): for each layer with a `QKMemory`, haystack
     and needle are drawn from the keys that layer produces on `ids`, written into the memory (its persistent state
-    included) and read with a noisy copy of the needle. Returns `niah_accuracy` (mean over layers), `niah_min` (worst
-    layer), `niah_cue_only` (the score of the cue alone), `niah_pass`, `probe_s`."""
+    included) and read with a noisy copy of the needle. Returns `niah_gain` (the read's cosine minus the cue's, mean over
+    layers) with `niah_gain_low`/`niah_gain_high` (its 95 % interval), `niah_pass` (`niah_gain_low > 0`),
+    `niah_gain_without_persistent` (the same probe, same draws, of memories without the learned persistent keys),
+    `niah_accuracy` (the read's mean cosine), `niah_min` (the worst layer's), `niah_cue_only` (the cue's) and `probe_s`."""
     t0 = time.perf_counter()
     layers = [(l, b.attn.hook_q.memory) for l, b in enumerate(model.transformer.h) if hasattr(b.attn.hook_q, "memory")]
     if not layers: return None
     keys = model_keys(model, ids)
-    res = [niah_probe(mem, n_haystack, trials, threshold, seed=seed, pool=keys[l].float()) for l, mem in layers]
-    acc = float(np.mean([r.accuracy for r in res]))
-    return {"niah_accuracy": acc, "niah_min": min(r.accuracy for r in res), "niah_cue_only": float(np.mean([r.cue_only for r in res])),
-            "niah_pass": acc >= threshold, "probe_s": time.perf_counter() - t0}
+    def probe(mem, l): return niah_probe(mem, n_haystack, trials, seed=seed, pool=keys[l].float())
+    res = [probe(mem, l) for l, mem in layers]
+    bare = [probe(QKMemory(mem.d_k, mem.n_heads).to(keys[l].device), l) for l, mem in layers]   # no persistent keys
+    gain = float(np.mean([r.gain for r in res]))
+    half = 1.96 * math.sqrt(sum(((r.gain_high - r.gain_low) / 3.92) ** 2 for r in res)) / len(res)  # layers independent
+    return {"niah_gain": gain, "niah_gain_low": gain - half, "niah_gain_high": gain + half, "niah_pass": gain - half > 0,
+            "niah_gain_without_persistent": float(np.mean([r.gain for r in bare])),
+            "niah_accuracy": float(np.mean([r.accuracy for r in res])), "niah_min": min(r.accuracy for r in res),
+            "niah_cue_only": float(np.mean([r.cue_only for r in res])), "probe_s": time.perf_counter() - t0}
 
 # %% ../nbs/09_memory_probe.ipynb #a532fde4
 class MemoryProbe(Callback):

@@ -17,7 +17,7 @@ from fastcore.basics import patch
 __all__ = ['ATTENTION_PATHS', 'POS_ENCODINGS', 'NORMS', 'ATTENTIONS', 'ACTIVATIONS', 'LN2', 'sinusoidal_positions',
            'RotaryEmbedding', 'apply_rope', 'causal_mask', 'explicit_attention', 'Dropout', 'eval_mode', 'HookPoint',
            'causal_attention', 'register_attention', 'CausalSelfAttention', 'ReLU2', 'make_activation', 'MLP',
-           'RMSNorm', 'make_norm', 'Block', 'check_model_config', 'GPT', 'bits_per_char', 'perplexity']
+           'RMSNorm', 'make_norm', 'Block', 'check_model_config', 'GPT', 'public_name', 'bits_per_char', 'perplexity']
 
 # %% ../nbs/03_model.ipynb #a06c5110
 def sinusoidal_positions(n_pos: int, # number of positions, `0 … n_pos-1`
@@ -118,10 +118,10 @@ def _global_module_hooks() -> bool:
 
 class HookPoint(nn.Module):
     "An identity module that marks a named place in the model; chapter 04 attaches hooks to it. No parameters, no effect without hooks."
-    def __init__(self, name: str): # the hook point's name, e.g. `"blocks.0.hook_resid_pre"`
-        "An identity module named `name`."
+    def __init__(self, name: str | None = None): # its name where it sits, e.g. "ln1.hook_normalized"; None: its attribute's
+        "An identity module. Inside a `GPT` its full name comes from where it sits (`GPT.hook_points`, `public_name`)."
         super().__init__()
-        self.name = name
+        self.local, self.name = name, name or ""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor: return x
 
@@ -173,12 +173,11 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = Dropout(cfg.dropout)
         self.record_attention = False     # when True: use the explicit path and keep the probabilities
         self.last_att = None              # (B, n_heads, T_q, T_k) from the last forward, if recorded
-        p = f"blocks.{layer_idx}.attn"
-        self.hook_k, self.hook_v = HookPoint(f"{p}.hook_k"), HookPoint(f"{p}.hook_v")  # (B, H, T_k, d_head): all keys, values
-        self.hook_q = HookPoint(f"{p}.hook_q")                       # (B, H, T, d_head): the new tokens' queries
-        self.hook_attn_scores = HookPoint(f"{p}.hook_attn_scores")   # (B, H, T_q, T_k), -inf where masked
-        self.hook_pattern = HookPoint(f"{p}.hook_pattern")           # (B, H, T_q, T_k), rows sum to 1
-        self.hook_z = HookPoint(f"{p}.hook_z")                       # (B, H, T, d_head)
+        self.hook_k, self.hook_v = HookPoint(), HookPoint()   # (B, H, T_k, d_head): all keys, values
+        self.hook_q = HookPoint()                             # (B, H, T, d_head): the new tokens' queries
+        self.hook_attn_scores = HookPoint()                   # (B, H, T_q, T_k), -inf where masked
+        self.hook_pattern = HookPoint()                       # (B, H, T_q, T_k), rows sum to 1
+        self.hook_z = HookPoint()                             # (B, H, T, d_head)
 
     def split_heads(self, t: torch.Tensor) -> torch.Tensor:
         "`(B, T, d_model)` → `(B, n_heads, T, d_head)`."
@@ -220,9 +219,9 @@ class MLP(nn.Module):
         "The MLP of layer `layer_idx` for `cfg`: d_model → d_ff → d_model, with two hook points."
         super().__init__()
         self.c_fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.hook_pre = HookPoint(f"blocks.{layer_idx}.mlp.hook_pre")     # (B, T, d_ff), before the non-linearity
+        self.hook_pre = HookPoint()    # (B, T, d_ff), before the non-linearity
         self.act = make_activation(cfg)
-        self.hook_post = HookPoint(f"blocks.{layer_idx}.mlp.hook_post")   # (B, T, d_ff), after it
+        self.hook_post = HookPoint()   # (B, T, d_ff), after it
         self.c_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = Dropout(cfg.dropout)
 
@@ -255,18 +254,17 @@ class Block(nn.Module):
     def __init__(self, cfg, layer_idx: int = 0):
         "Block `layer_idx` for `cfg`: two norms, attention and the MLP, with their hook points."
         super().__init__()
-        p = f"blocks.{layer_idx}"
-        self.hook_resid_pre = HookPoint(f"{p}.hook_resid_pre")
+        self.hook_resid_pre = HookPoint()
         self.ln_1 = make_norm(cfg)
-        self.hook_ln1 = HookPoint(f"{p}.ln1.hook_normalized")
+        self.hook_ln1 = HookPoint("ln1.hook_normalized")   # the name interpretability tools use
         self.attn = CausalSelfAttention(cfg, layer_idx)
-        self.hook_attn_out = HookPoint(f"{p}.hook_attn_out")
-        self.hook_resid_mid = HookPoint(f"{p}.hook_resid_mid")
+        self.hook_attn_out = HookPoint()
+        self.hook_resid_mid = HookPoint()
         self.ln_2 = make_norm(cfg)
-        self.hook_ln2 = HookPoint(f"{p}.ln2.hook_normalized")
+        self.hook_ln2 = HookPoint("ln2.hook_normalized")
         self.mlp = MLP(cfg, layer_idx)
-        self.hook_mlp_out = HookPoint(f"{p}.hook_mlp_out")
-        self.hook_resid_post = HookPoint(f"{p}.hook_resid_post")
+        self.hook_mlp_out = HookPoint()
+        self.hook_resid_post = HookPoint()
 
     def forward(self, x: torch.Tensor, rope=None, kv_cache=None) -> torch.Tensor:
         x = self.hook_resid_pre(x)
@@ -316,6 +314,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_weights: self.lm_head.weight = self.transformer.wte.weight   # one tensor, two uses
         self.reset_parameters()
+        self.hook_points()   # every hook point takes its name from where it sits
 
     def reset_parameters(self):
         "GPT-2 init: N(0, init_std) for Linear/Embedding weights, zero biases, `c_proj` weights N(0, init_std/sqrt(2·n_layers))."
@@ -367,10 +366,26 @@ def check_input(self: GPT, idx, targets=None, kv_cache=None) -> tuple[int, int]:
                          f"{self.cfg.context_length} tokens and recompute without the cache")
     return B, T
 
+def public_name(path: str) -> str:
+    """The one spelling hooks use for what sits at `path`, a path of `named_modules()` or `named_parameters()` of a
+    `GPT` (a state-dict key): `transformer.h.{N}.…` becomes `blocks.{N}.…`, any other `transformer.…` loses its prefix,
+    the rest stays. So `transformer.h.0.attn.c_attn.weight` is `blocks.0.attn.c_attn.weight`."""
+    if path.startswith("transformer.h."): return "blocks." + path[len("transformer.h."):]
+    return path.removeprefix("transformer.")
+
 @patch
 def hook_points(self: GPT) -> dict[str, HookPoint]:
-    "Every `HookPoint` by name, in the order the forward pass reaches them (chapter 04 attaches hooks to them)."
-    return {m.name: m for m in self.modules() if isinstance(m, HookPoint)}
+    """Every `HookPoint` by name, in the order the forward pass reaches them (chapter 04 attaches hooks to them). A
+    point's name is `public_name` of where it sits, its own name (if given) in place of its attribute's: block 0's
+    `hook_ln1 = HookPoint("ln1.hook_normalized")` is `blocks.0.ln1.hook_normalized`. Sets each point's `.name`; raises
+    `ValueError` if two points would share a name."""
+    points = {}
+    for path, m in self.named_modules():
+        if not isinstance(m, HookPoint): continue
+        m.name = public_name(f"{path.rpartition('.')[0]}.{m.local}".lstrip(".") if m.local else path)
+        if m.name in points: raise ValueError(f"two hook points are named {m.name!r}: give one of them another name")
+        points[m.name] = m
+    return points
 
 @patch
 def hook_names(self: GPT) -> list[str]:

@@ -72,8 +72,8 @@ def sets(overrides: dict) -> list[str]:
 
 
 def seconds_per_step(config: Path, overrides: dict) -> float:
-    "Median seconds per optimizer step of the config with the overrides (chapter 07's `bench_training`)."
-    code = ("import json, sys; from slm.config import load_config; from slm.evaluation import bench_training;"
+    "Median seconds per optimizer step of the config with the overrides (companion 07b's `bench_training`)."
+    code = ("import json, sys; from slm.config import load_config; from slm.bench import bench_training;"
             "cfg = load_config(sys.argv[1], json.loads(sys.argv[2]));"
             "print(bench_training(cfg, steps=8, warmup=3)['s_per_step'])")
     ov = [f"{k}={json.dumps(v) if isinstance(v, (bool, type(None))) else v}" for k, v in overrides.items()]
@@ -82,8 +82,8 @@ def seconds_per_step(config: Path, overrides: dict) -> float:
 
 
 def machine_peaks() -> dict:
-    "This machine's float32 and bfloat16 matmul peaks in GFLOP/s (chapter 07), recorded with each row: rows are comparable on one machine only."
-    code = ("import json, torch; from slm.evaluation import matmul_peak_gflops;"
+    "This machine's float32 and bfloat16 matmul peaks in GFLOP/s (companion 07b), recorded with each row: rows are comparable on one machine only."
+    code = ("import json, torch; from slm.bench import matmul_peak_gflops;"
             "print(json.dumps({d: round(matmul_peak_gflops(dtype=getattr(torch, d))) for d in ('float32', 'bfloat16')}))")
     r = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, check=True)
     return {"matmul_peak_gflops": json.loads(r.stdout.strip().splitlines()[-1])}

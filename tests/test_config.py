@@ -353,4 +353,4 @@ def test_config_module_does_not_import_torch():
     code = ("import sys, slm.config as c; c.load_config(None, ['training.lr=1e-3']); "
             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('slm.')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == "['slm.config', 'slm.config_errors', 'slm.tokenizer']", out   # 02a comes with it (slm/__init__.py)
+    assert out == "['slm.config', 'slm.config_errors', 'slm.files', 'slm.tokenizer']", out   # 02a with it; 00a's writer

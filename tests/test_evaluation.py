@@ -288,16 +288,3 @@ def test_heuristics_with_a_model(tiny, tok):
     with pytest.raises(ValueError, match="tokenizer"):
         sample_heuristics("abc", set(), tiny)
 
-
-def test_bench_does_not_time_emulated_bfloat16(monkeypatch):
-    "On a device without bfloat16 matmul kernels `run_bench` skips bfloat16 training (with the reason and its measured peak) and sets no target for it (decision D25)."
-    import slm.evaluation
-    from pathlib import Path
-    from slm.config import load_config
-    monkeypatch.setattr(slm.evaluation, "has_fast_bfloat16", lambda device: False)
-    cfg = load_config(Path(__file__).parent.parent / "configs" / "tiny.yaml")
-    out = slm.evaluation.run_bench(cfg, steps=1, gen_batches=(), tokenizer=False, compile_modes=(False,))
-    bf = out["training"]["bfloat16"]
-    assert "tokens_per_s" not in bf and bf["skipped"].startswith("no bfloat16 matmul kernels on this cpu (matmul peak ")
-    assert f"{out['matmul_peak_gflops']['bfloat16']:.1f} GFLOP/s" in bf["skipped"]
-    assert out["training"]["float32"]["tokens_per_s"] > 0 and list(out["targets_met"]) == ["training float32: mfu >= 0.65"]

@@ -7,7 +7,7 @@ import torch
 
 from slm.config import ModelConfig
 from slm.generation import (check_sampling_params, context_start, generate, generate_text, chat_turn, greedy,
-                            apply_temperature, next_token_probs, sample_next, top_k_filter, top_p_filter, generation_speed)
+                            apply_temperature, next_token_probs, sample_next, top_k_filter, top_p_filter)
 from slm.model import GPT
 from slm.tokenizer import CharTokenizer
 
@@ -299,11 +299,6 @@ def test_chat_turn(model, tok):
     assert history2.startswith(history)
     with pytest.warns(UserWarning, match="outside the vocabulary"):    # the user's own message is checked
         chat_turn(model, tok, history, "Café?", max_new_tokens=5, seed=1)
-
-
-def test_generation_speed_runs(model):
-    assert generation_speed(model, n_new=8, use_cache=True) > 0
-    assert generation_speed(model, n_new=8, use_cache=False, batch_size=2) > 0
 
 
 @pytest.mark.expensive   # torch.compile

@@ -92,11 +92,23 @@ def test_memory_hook_is_off_by_default_and_consistent_with_a_kv_cache():
 
 def test_niah_probe_passes_with_100_keys_in_256_dims():
     r = niah_probe(256, n_haystack=100)
-    assert r.passed and r.accuracy >= 0.8 and r.n_keys == 100
+    assert r.passed and r.gain_low > 0 and r.n_keys == 100
     assert r.accuracy > r.cue_only > r.absent                      # the memory improves the cue; without the needle it cannot
-    assert abs(r.cue_only - 0.8) < 0.03
-    small = niah_probe(32, n_haystack=100)
-    assert not small.passed                                        # 100 keys overfill a 32-dim memory
+    assert abs(r.cue_only - 0.8) < 0.03 and abs(r.gain - (r.accuracy - r.cue_only)) < 1e-6
+    assert r.gain_low < r.gain < r.gain_high
+    small = niah_probe(32, n_haystack=100, trials=64)
+    assert not small.passed and small.gain < 0                     # 100 keys overfill a 32-dim memory
+
+
+class _InertMemory(QKMemory):
+    "A memory that does nothing: its read is the cue."
+    def read(self, q): return q
+
+
+def test_niah_probe_fails_a_memory_that_does_nothing():
+    r = niah_probe(_InertMemory(256), n_haystack=100, trials=64)
+    assert r.gain == 0 and not r.passed                            # it scores the cue's 0.8, and gains nothing
+    assert abs(r.accuracy - r.cue_only) < 1e-6 and r.accuracy > 0.75
 
 
 def test_capacity_sweep_follows_the_estimate():
@@ -126,13 +138,18 @@ def test_probe_reads_the_models_own_memory_and_depends_on_its_weights():
     keys = model_keys(m, ids)
     assert sorted(keys) == [0, 1] and keys[0].shape == (2, 4 * 32, 32)
     r = probe_model(m, ids, n_haystack=50)
-    assert set(r) == {"niah_accuracy", "niah_min", "niah_cue_only", "niah_pass", "probe_s"}
+    assert set(r) == {"niah_gain", "niah_gain_low", "niah_gain_high", "niah_pass", "niah_gain_without_persistent",
+                      "niah_accuracy", "niah_min", "niah_cue_only", "probe_s"}
     assert abs(r["niah_cue_only"] - 0.8) < 0.05 and r["niah_min"] <= r["niah_accuracy"]
+    assert r["niah_gain_low"] < r["niah_gain"] < r["niah_gain_high"] and r["niah_pass"] == (r["niah_gain_low"] > 0)
+    assert abs(r["niah_gain"] - (r["niah_accuracy"] - r["niah_cue_only"])) < 1e-6
     again = probe_model(m, ids, n_haystack=50)
     assert {k: v for k, v in again.items() if k != "probe_s"} == {k: v for k, v in r.items() if k != "probe_s"}   # seeded
     with torch.no_grad():
         for mem in model_memories(m): mem.persistent.mul_(30)
-    assert abs(probe_model(m, ids, n_haystack=50)["niah_accuracy"] - r["niah_accuracy"]) > 1e-3   # other weights, another result
+    loud = probe_model(m, ids, n_haystack=50)
+    assert abs(loud["niah_accuracy"] - r["niah_accuracy"]) > 1e-3                    # other weights, another result
+    assert abs(loud["niah_gain"] - loud["niah_gain_without_persistent"]) > 1e-2      # loud persistent keys change the read
     rows = memory_report(m, ids, n_windows=2)
     assert [row["layer"] for row in rows] == [0, 1] and all(0 <= row["read_over_query"] <= 1 + 1e-5 for row in rows)
 
