@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['ATTENTION_PATHS', 'POS_ENCODINGS', 'NORMS', 'ATTENTIONS', 'ACTIVATIONS', 'LN2', 'sinusoidal_positions',
-           'RotaryEmbedding', 'apply_rope', 'causal_mask', 'explicit_attention', 'Dropout', 'eval_mode', 'HookPoint',
-           'causal_attention', 'register_attention', 'CausalSelfAttention', 'ReLU2', 'make_activation', 'MLP',
-           'RMSNorm', 'make_norm', 'Block', 'check_model_config', 'GPT', 'public_name', 'bits_per_char', 'perplexity']
+__all__ = ['DROPOUT_MASKS', 'ATTENTION_PATHS', 'POS_ENCODINGS', 'NORMS', 'ATTENTIONS', 'ACTIVATIONS', 'LN2',
+           'sinusoidal_positions', 'RotaryEmbedding', 'apply_rope', 'causal_mask', 'explicit_attention',
+           'register_dropout_mask', 'Dropout', 'eval_mode', 'HookPoint', 'causal_attention', 'register_attention',
+           'CausalSelfAttention', 'ReLU2', 'make_activation', 'MLP', 'RMSNorm', 'make_norm', 'Block',
+           'check_model_config', 'GPT', 'public_name', 'bits_per_char', 'perplexity']
 
 # %% ../nbs/03_model.ipynb #a06c5110
 def sinusoidal_positions(n_pos: int, # number of positions, `0 … n_pos-1`
@@ -84,11 +85,20 @@ def explicit_attention(q: torch.Tensor,                # queries, shape `(B, H, 
     return att_used @ v, att
 
 # %% ../nbs/03_model.ipynb #89b905da
+DROPOUT_MASKS = {}   # device type -> `fn(shape, p, device) -> (keep, scale)`; empty here: `F.dropout` everywhere
+
+def register_dropout_mask(device_type: str, # e.g. "cpu": tensors on such a device get their mask from `fn`
+                          fn,               # `fn(shape, p, device) -> (keep, scale)`: a bool tensor, a float
+                         ):
+    """Make `Dropout` on `device_type` keep the elements where `fn`'s `keep` is True, each with probability about
+    `1 - p`, and multiply them by `scale` (1 / the probability of keeping, so the layer stays unbiased)."""
+    DROPOUT_MASKS[device_type] = fn
+
 class Dropout(nn.Module):
     """Dropout (Srivastava et al. 2014): in training mode, zero each element independently with probability `p` and
     scale the survivors by `1/(1-p)`; identity in eval mode or for `p = 0`. Any shape, preserved. Computes what
-    `nn.Dropout` computes (it calls `F.dropout`); a class of the model's own, so that a companion can give it another
-    mask (03a). Raises `ValueError` for `p` outside [0, 1]."""
+    `nn.Dropout` computes (it calls `F.dropout`), unless `DROPOUT_MASKS` holds a mask for the tensor's device (03a
+    registers one). Raises `ValueError` for `p` outside [0, 1]."""
     def __init__(self, p: float = 0.1): # probability of zeroing an element
         "Raises `ValueError` for `p` outside [0, 1]."
         super().__init__()
@@ -97,7 +107,10 @@ class Dropout(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0: return x
-        return F.dropout(x, self.p, True)
+        mask = DROPOUT_MASKS.get(x.device.type)
+        if mask is None: return F.dropout(x, self.p, True)
+        keep, scale = mask(x.shape, self.p, x.device)
+        return torch.where(keep, x * scale, 0.0)
 
     def extra_repr(self) -> str: return f"p={self.p}"
 

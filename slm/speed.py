@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from fastcore.basics import patch
 
-from .model import GPT, Dropout, causal_attention, causal_mask, register_attention
+from .model import GPT, causal_attention, causal_mask, register_attention, register_dropout_mask
 
 # %% auto #0
-__all__ = ['sdpa_attention']
+__all__ = ['sdpa_attention', 'keep_threshold', 'keep_mask16']
 
 # %% ../nbs/03a_speed.ipynb #19cdcb0a
 def sdpa_attention(q: torch.Tensor,   # queries of the newest `T_q` positions, `(B, H, T_q, d_head)`
@@ -36,28 +36,24 @@ def sdpa_attention(q: torch.Tensor,   # queries of the newest `T_q` positions, `
 register_attention("sdpa", sdpa_attention)
 
 # %% ../nbs/03a_speed.ipynb #c4ae010a
-@patch(as_prop=True)
-def keep_threshold(self: Dropout) -> int:
-    "K = round((1 - p)·2**16): an element survives when its 16-bit draw u < K (a property: a changed `p` takes effect)."
-    return round((1 - self.p) * 2 ** 16)
+def keep_threshold(p: float) -> int: # the dropout probability, in [0, 1]
+    "K = round((1 - p)·2**16): an element survives when its 16-bit draw u < K."
+    return round((1 - p) * 2 ** 16)
 
-@patch
-def keep_mask(self: Dropout, shape, device=None) -> torch.Tensor:
-    "Bool tensor of `shape`, True (keep) independently with probability `K / 2**16`, drawn from torch's global RNG."
-    n = math.prod(shape)
+def keep_mask16(shape,            # the shape of the tensor to drop from
+                p: float,         # the dropout probability, in [0, 1]
+                device=None,      # where to draw the mask
+               ) -> tuple[torch.Tensor, float]: # bool mask of `shape` (True: keep), the survivors' scale
+    """A mask for chapter 03's `Dropout`: True (keep) independently with probability `K / 2**16`, `K =
+    keep_threshold(p)`, drawn from torch's global RNG as four 16-bit integers per 64-bit random integer; and the scale
+    `2**16 / K` (0 when `K = 0`, where everything is dropped)."""
+    n, K = math.prod(shape), keep_threshold(p)
     i64 = torch.iinfo(torch.int64)
     draws = torch.randint(i64.min, i64.max, ((n + 3) // 4,), device=device)   # uniform 64-bit integers
     u = draws.view(torch.int16)[:n].view(shape)       # four 16-bit integers per draw, stored as u - 2**15
-    return u < self.keep_threshold - 2 ** 15
+    return u < K - 2 ** 15, (2 ** 16 / K if K else 0.0)
 
-@patch
-def forward(self: Dropout, x: torch.Tensor) -> torch.Tensor:
-    """In training mode on the CPU: zero each element with probability `1 - K/2**16` (`keep_mask`) and scale the
-    survivors by `2**16/K`; on other devices `F.dropout`; identity in eval mode or for `p = 0`. Shape preserved."""
-    if not self.training or self.p == 0: return x
-    if x.device.type != "cpu": return F.dropout(x, self.p, True)   # GPUs: torch's fused dropout is already fast
-    if self.keep_threshold == 0: return x * 0.0        # p (close to) 1: everything dropped
-    return torch.where(self.keep_mask(x.shape, x.device), x * (2 ** 16 / self.keep_threshold), 0.0)
+register_dropout_mask("cpu", keep_mask16)
 
 # %% ../nbs/03a_speed.ipynb #8a135db0
 _plain_check_input = GPT.check_input   # chapter 03's checks

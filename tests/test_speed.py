@@ -8,8 +8,8 @@ import torch
 import torch.nn as nn
 
 from slm.config import ModelConfig
-from slm.model import ATTENTION_PATHS, GPT, CausalSelfAttention, Dropout, causal_attention
-from slm.speed import sdpa_attention
+from slm.model import ATTENTION_PATHS, DROPOUT_MASKS, GPT, CausalSelfAttention, Dropout, causal_attention
+from slm.speed import keep_mask16, keep_threshold, sdpa_attention
 
 
 def tiny(**kw):
@@ -17,8 +17,9 @@ def tiny(**kw):
     return ModelConfig(**{**base, **kw})
 
 
-def test_the_registry_holds_the_fused_kernel():
+def test_the_registries_hold_the_fast_pieces():
     assert ATTENTION_PATHS["sdpa"] is sdpa_attention and ATTENTION_PATHS["explicit"] is causal_attention
+    assert DROPOUT_MASKS == {"cpu": keep_mask16}
 
 
 @pytest.mark.parametrize("T_q,T_k", [(10, 10), (4, 10), (1, 10), (1, 1)])
@@ -60,13 +61,13 @@ def test_fast_dropout_is_dropout():
     "The same statistics as chapter 03's (nn.Dropout's): zeros at rate ~p, mean kept, gradient through survivors only."
     torch.manual_seed(0)
     drop = Dropout(0.1)
-    assert drop.keep_threshold == 58982
+    assert keep_threshold(0.1) == 58982
     ones = torch.ones(1000, 1001, requires_grad=True)
     out = drop(ones)
     ref = nn.Dropout(0.1)(torch.ones(1000, 1001))
     zero, zero_ref = (out == 0).float().mean().item(), (ref == 0).float().mean().item()
     assert abs(zero - 0.1) < 0.002 and abs(zero - zero_ref) < 0.003 and abs(out.mean().item() - 1.0) < 0.003
-    assert torch.allclose(out.max(), torch.tensor(2 ** 16 / drop.keep_threshold)) and out.unique().numel() == 2
+    assert torch.allclose(out.max(), torch.tensor(2 ** 16 / keep_threshold(0.1))) and out.unique().numel() == 2
     out.sum().backward()
     assert torch.equal(ones.grad, out.detach())
     x = ones.detach()
@@ -85,11 +86,11 @@ def test_check_input_is_never_compiled_and_still_checks():
 
 
 def test_importing_the_model_alone_imports_the_companion():
-    code = ("import sys; from slm.model import ATTENTION_PATHS, Dropout\n"
-            "print(ATTENTION_PATHS['sdpa'].__name__, hasattr(Dropout, 'keep_mask'), 'slm.speed' in sys.modules)")
+    code = ("import sys; from slm.model import ATTENTION_PATHS, DROPOUT_MASKS\n"
+            "print(ATTENTION_PATHS['sdpa'].__name__, DROPOUT_MASKS['cpu'].__name__, 'slm.speed' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "sdpa_attention True True"
+    assert r.stdout.strip() == "sdpa_attention keep_mask16 True"
 
 
 def test_training_loads_the_companion():
@@ -98,3 +99,10 @@ def test_training_loads_the_companion():
     from pathlib import Path
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     assert project["entry-points"]["slm.plugins"]["speed"] == "slm.speed"
+
+
+def test_without_the_registered_mask_dropout_is_chapter_03s(monkeypatch):
+    "Chapter 03's plain `Dropout` (no mask registered for the device) draws nn.Dropout's very mask."
+    monkeypatch.delitem(DROPOUT_MASKS, "cpu")
+    torch.manual_seed(1); a = Dropout(0.3).train()(torch.ones(7, 9))
+    torch.manual_seed(1); assert torch.equal(nn.Dropout(0.3)(torch.ones(7, 9)), a)
