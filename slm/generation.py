@@ -14,13 +14,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 
-from .model import eval_mode
+from .model import GPT, eval_mode
 from .training import Callback, DivergenceError, register_callback
 
 # %% auto #0
 __all__ = ['plot_next_token_probs', 'check_sampling_params', 'greedy', 'apply_temperature', 'top_k_filter', 'top_p_filter',
-           'next_token_probs', 'sample_next', 'context_start', 'generate', 'TextStream', 'generate_text',
+           'next_token_probs', 'sample_next', 'context_start', 'KVCache', 'generate', 'TextStream', 'generate_text',
            'SampleCallback', 'chat_turn']
 
 # %% ../nbs/06_generation.ipynb #32fa0bb1
@@ -151,6 +152,54 @@ def context_start(length: int,               # tokens in the sequence so far (pr
     if length <= C: return 0
     shift = C + 1 - K                                  # the window moves by this many tokens at each crop
     return shift * ((length - C - 1) // shift + 1)
+
+# %% ../nbs/06_generation.ipynb #dcd0ae06
+class KVCache:
+    """Per-layer keys and values of the tokens seen so far: `k[layer]`, `v[layer]` of shape
+    `(B, n_heads, max_len, d_head)`, filled up to `length`."""
+    def __init__(self, n_layers: int, batch_size: int, n_heads: int, d_head: int, max_len: int, device=None,
+                 dtype=torch.float32):
+        "Empty caches of shape `(batch_size, n_heads, max_len, d_head)` for each of `n_layers` layers, on `device`."
+        shape = (batch_size, n_heads, max_len, d_head)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.batch_size, self.max_len = batch_size, max_len
+        self.length = 0   # number of positions filled (the same in every layer between forward passes)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new `k`, `v` (shape `(B, n_heads, T, d_head)`) of `layer` after the cached ones; return cached +
+        new, `(B, n_heads, length+T, d_head)`. Raises `ValueError` for another batch size or past `max_len`."""
+        B, T = k.size(0), k.size(2)
+        end = self.length + T
+        if B != self.batch_size: raise ValueError(f"KV cache was made for batch size {self.batch_size}, got {B}")
+        if end > self.max_len:
+            raise ValueError(f"KV cache is full: {self.length} cached + {T} new > max_len={self.max_len}")
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def advance(self, n: int):
+        "Mark `n` more positions as filled (called by `GPT.forward` once every layer has written them)."
+        self.length += n
+
+    def reset(self):
+        "Forget everything (the buffers are reused)."
+        self.length = 0
+
+    def __repr__(self):
+        return f"KVCache(layers={len(self.k)}, shape={tuple(self.k[0].shape)}, length={self.length})"
+
+@patch
+def new_kv_cache(self: GPT, batch_size: int, max_len: int | None = None) -> KVCache:
+    """An empty `KVCache` for `batch_size` sequences of up to `max_len` positions (default `context_length`; only
+    rope may go beyond it), on the model's device in its dtype. Raises `ValueError` for `max_len` past the positions."""
+    c = self.cfg
+    max_len = c.context_length if max_len is None else max_len
+    if c.pos_encoding != "rope" and max_len > c.context_length:
+        raise ValueError(f"max_len={max_len} > context_length={c.context_length}: "
+                         f"{c.pos_encoding} positions stop at the context length")
+    w = self.transformer.wte.weight
+    return KVCache(c.n_layers, batch_size, c.n_heads, c.d_model // c.n_heads, max_len, w.device, w.dtype)
 
 # %% ../nbs/06_generation.ipynb #7cd8f332
 def _model_device(model) -> torch.device:

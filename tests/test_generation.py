@@ -155,6 +155,39 @@ def test_prefill_equals_token_by_token(model):
 
 
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+def test_a_prefill_then_one_token_at_a_time_gives_the_full_logits(pos, attention):
+    "Chapter 03's model with a `KVCache`: every positional encoding, both attention paths."
+    m = tiny_model(pos_encoding=pos, attention=attention)
+    seq = torch.randint(0, 99, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = m(seq)[0]
+        cache = m.new_kv_cache(batch_size=2)
+        parts = [m(seq[:, :5], kv_cache=cache)[0]] + [m(seq[:, t:t + 1], kv_cache=cache)[0] for t in range(5, 16)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 16 and repr(cache) == "KVCache(layers=2, shape=(2, 4, 16, 8), length=16)"
+
+
+def test_a_cache_that_cannot_go_on_says_why():
+    m = tiny_model(pos_encoding="learned")
+    cache = m.new_kv_cache(1)
+    with torch.no_grad(): m(torch.randint(0, 99, (1, 16)), kv_cache=cache)
+    with pytest.raises(ValueError, match="crop the input"): m(torch.tensor([[3]]), kv_cache=cache)
+    with pytest.raises(ValueError, match="positions stop at the context length"): m.new_kv_cache(1, max_len=17)
+    with pytest.raises(ValueError, match="made for batch size 1, got 2"):
+        m(torch.tensor([[3], [4]]), kv_cache=m.new_kv_cache(1))
+    mr = tiny_model(pos_encoding="rope")
+    cache = mr.new_kv_cache(1, max_len=24)
+    with torch.no_grad():
+        for t in range(24): mr(torch.tensor([[t + 2]]), kv_cache=cache)
+    with pytest.raises(ValueError, match=r"KV cache is full: 24 cached \+ 1 new > max_len=24"):
+        mr(torch.tensor([[3]]), kv_cache=cache)
+    assert cache.length == 24
+    cache.reset()
+    assert cache.length == 0
+
+
+@pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
 @pytest.mark.parametrize("crop_to", [None, 16, 5, 1])
 def test_past_context_length_cached_matches_uncached(x, pos, crop_to):
     m = tiny_model(pos_encoding=pos)

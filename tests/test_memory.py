@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import slm.generation   # chapter 06: GPT.new_kv_cache
 from slm.config import ConfigError, config_from_dict
 from slm.hooks import HookSet
 from slm.memory import (QKMemory, capacity_sweep, expected_cosine, memory_report, model_keys, model_memories, niah_probe,
