@@ -139,7 +139,8 @@ def evaluate(model: nn.Module,
              batch_size: int = 16,
              max_batches: int | None = None,  # only the first `max_batches` batches (None = the whole split)
              amp: Callable | None = None,     # autocast context factory, or None
-             dist: DistContext | None = None, # data parallel: this process scores batches rank, rank + world, … and `dist` adds up the sums
+             dist=None,                       # a `DistContext` (below) under data parallel: this process scores batches
+                                              # rank, rank + world, … and `dist` adds up the sums
             ) -> float:                       # mean cross-entropy, nats/token
     "Mean next-token loss over the non-overlapping windows of `ids` (length `model.cfg.context_length`), in order, in eval mode."
     device, (rank, world) = next(model.parameters()).device, (dist.rank, dist.world) if dist else (0, 1)
