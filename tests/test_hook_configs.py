@@ -9,28 +9,16 @@ import yaml
 
 from slm.config import (HOOK_KINDS, ConfigError, ModelConfig, TrainingConfig, apply_overrides, config_diff,
                         config_from_dict, config_hash, hook_list, load_config, save_config)
-from slm.hooks import HOOKS, HookSet, Positive, add_hook, add_update_hook, identity, register_hook, run_with_cache
+from slm.hooks import HOOKS, HookSet, Positive, add_hook, identity, register_hook, run_with_cache
 from slm.hook_configs import annealed_grad_noise, learned_scale, project_tangent, sign, straight_through
 from slm.model import GPT, HookPoint
-from test_hooks import error_of, tiny, write   # the helpers of chapter 04's tests
+from test_hooks import error_of, grads_after_step, tiny, write   # the helpers of chapter 04's tests
 
 
 @pytest.fixture
 def batch():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 99, (2, 16), generator=g), torch.randint(0, 99, (2, 16), generator=g)
-
-
-def grads_after_step(fn, params="*", steps=1):
-    torch.manual_seed(0)
-    m = GPT(tiny())
-    opt = torch.optim.SGD(m.parameters(), lr=0.0)
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randint(0, 99, (2, 16), generator=g), torch.randint(0, 99, (2, 16), generator=g)
-    h = add_update_hook(opt, m, fn, params)
-    for _ in range(steps):
-        opt.zero_grad(); m(x, y)[1].backward(); opt.step()
-    return {n: p for n, p in m.named_parameters()}, h
 
 
 # ---- more ready-made hooks ----
