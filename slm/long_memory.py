@@ -19,7 +19,7 @@ from .model import GPT, HookPoint
 # %% auto #0
 __all__ = ['FACT', 'QUESTION', 'feature_map', 'KVMemory', 'KVMemoryHook', 'kv_memories', 'reset_memory', 'commit_segment',
            'segment_loss', 'generate_segments', 'passkey_text', 'prompt_length', 'min_distance', 'random_key', 'wilson',
-           'passkey_vs_distance', 'training_batch', 'train_segments']
+           'passkey_vs_distance', 'training_batch', 'passkey_chars', 'curriculum', 'train_segments']
 
 # %% ../nbs/09a_long_memory.ipynb #2161b061
 def feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -32,16 +32,17 @@ class KVMemory(nn.Module):
     head: `M_s = M_{s-1} + σ(K_s)ᵀ V_s` (shape `(B, H, d_head, d_head)`) and `z_s = z_{s-1} + Σ_t σ(k_t)` (`(B, H, d_head)`);
     a query reads `σ(q) M / (σ(q)·z)`, a weighted mean of the values written, with weights `σ(q)·σ(k_i)`: the same kind
     of normalisation as D18's `norm_sum`, so the read's scale is that of a value whatever the number of keys. `gate`
-    (one learned number per head, 0 at init) mixes the read with local attention: `sigmoid(gate)·read + (1 −
+    (one learned number per head, `gate_init` at init) mixes the read with local attention: `sigmoid(gate)·read + (1 −
     sigmoid(gate))·attention`. Gradients flow back through every write of a document; `detach=True` stops them at
     each write instead (Transformer-XL's stop-gradient on its cached segment)."""
-    def __init__(self, n_heads: int, d_head: int, detach: bool = False, eps: float = 1e-6):
+    def __init__(self, n_heads: int, d_head: int, detach: bool = False, eps: float = 1e-6,
+                 gate_init: float = 0.0):     # the gates' start: 0 mixes half and half, -3 gives the read 5 %
         "Raises `ValueError` for n_heads < 1 or d_head < 1."
         super().__init__()
         if n_heads < 1 or d_head < 1:
             raise ValueError(f"KVMemory needs n_heads >= 1 and d_head >= 1; got {n_heads}, {d_head}")
         self.n_heads, self.d_head, self.detach, self.eps = n_heads, d_head, detach, eps
-        self.gate = nn.Parameter(torch.zeros(n_heads))
+        self.gate = nn.Parameter(torch.full((n_heads,), float(gate_init)))
         self.reset()
 
     def reset(self) -> KVMemory:
@@ -79,8 +80,9 @@ class KVMemoryHook:
     to the memory of the earlier segments. The segment's keys and values (captured at `hook_k`/`hook_v`) are written
     only when `commit_segment(model)` says the segment is complete, so a partial segment can be run again and again
     while generating. Raises `HookError` at any other point."""
-    def __init__(self, detach: bool = False):  # stop gradients at every write (default: they cross every boundary)
-        self.detach, self._handles = detach, {}
+    def __init__(self, detach: bool = False,   # stop gradients at every write (default: they cross every boundary)
+                 gate_init: float = 0.0):      # `KVMemory`'s gates at init
+        self.detach, self.gate_init, self._handles = detach, gate_init, {}
 
     def check(self, point: HookPoint, model: nn.Module):
         if not point.name.endswith(".attn.hook_z"):
@@ -88,7 +90,7 @@ class KVMemoryHook:
 
     def setup(self, point: HookPoint, model: nn.Module):
         attn = model.get_submodule(f"transformer.h.{point.name.split('.')[1]}.attn")
-        mem = KVMemory(attn.n_heads, attn.d_head, self.detach).to(attn.c_attn.weight.device)
+        mem = KVMemory(attn.n_heads, attn.d_head, self.detach, gate_init=self.gate_init).to(attn.c_attn.weight.device)
         point.add_module("kv_memory", mem)
         seen = {}
         self._handles[point.name] = [
@@ -176,7 +178,7 @@ def generate_segments(model: GPT, ids: torch.Tensor, n_new: int, clear_each_segm
     return torch.cat(out, 1)
 
 # %% ../nbs/09a_long_memory.ipynb #6fd61a70
-FACT, QUESTION = " The pass key is {key}. Remember it. ", " What is the pass key? The pass key is "
+FACT, QUESTION = " The pass key is {key}. ", " What is it? The pass key is "    # both fit one segment of 64
 
 
 def passkey_text(filler: str,      # corpus text to draw the filler from (at least `length` characters)
@@ -227,7 +229,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 @torch.no_grad()
 def passkey_vs_distance(model: nn.Module, tok, text: str,   # the model, its tokenizer, filler text (not seen in training)
-                        distances=(58, 128, 256, 512), n_prompts: int = 200, n_digits: int = 3, seed: int = 0,
+                        distances=(40, 128, 256, 512), n_prompts: int = 200, n_digits: int = 3, seed: int = 0,
                         clear_each_segment: bool = False, batch_size: int = 100,
                        ) -> list[dict]:                     # per distance: exact-match rate and its Wilson interval
     """Exact match of the `n_digits`-digit key, greedy decoding (`generate_segments`), over `n_prompts` prompts per
@@ -248,19 +250,22 @@ def passkey_vs_distance(model: nn.Module, tok, text: str,   # the model, its tok
 # %% ../nbs/09a_long_memory.ipynb #8fecb3a1
 def training_batch(tok, text: str, T: int, batch_size: int, rng: np.random.Generator, max_segments: int = 8,
                    passkey_share: float = 0.5, n_digits: int = 3, answer_weight: float | None = None):
-    """One batch of documents `(batch_size, n·T + 1)` with `n` drawn from the fewest segments a passkey document fits
-    in (at least 2) to `max_segments`: each row is, with probability `passkey_share`, a passkey document (a prompt, its
-    key and a full stop; the distance uniform over what fits), else a window of the corpus `text`. Raises `ValueError`
-    if not even `max_segments` segments hold a passkey document."""
-    fewest = max(2, math.ceil((min_distance(n_digits) + FACT.index("{key}") + n_digits + 2) / T))
-    if fewest > max_segments:
-        raise ValueError(f"a passkey document needs {fewest} segments of {T} characters; max_segments is {max_segments}")
-    n = int(rng.integers(fewest, max_segments + 1))
-    L, rows, answers = n * T + 1, [], []
+    """One batch of documents `(batch_size, L)`, `L − 1` (the inputs) uniform from the fewest characters a passkey
+    document needs to `max_segments·T`, so that the last segment is partly filled, as a prompt's is, and the answer
+    sits at any position in it. Each row is, with probability `passkey_share`, a passkey document (a prompt, its key
+    and a full stop; the distance log-uniform over what fits, so that short ones, inside the last segment, come as
+    often as long ones on a log scale), else a window of the corpus `text`. Raises `ValueError` if not even
+    `max_segments·T` characters hold a passkey document."""
+    before_key, fewest = FACT.index("{key}"), passkey_chars(n_digits) + 1      # L of the shortest passkey document
+    if fewest - 1 > max_segments * T:
+        raise ValueError(f"a passkey document needs {fewest - 1} characters; max_segments·T is {max_segments * T}")
+    L = int(rng.integers(fewest, max_segments * T + 2))
+    rows, answers = [], []
     for _ in range(batch_size):
         if rng.random() < passkey_share:
             key, plen = random_key(rng, n_digits), L - n_digits - 1
-            d = int(rng.integers(min_distance(n_digits), plen - FACT.index("{key}") + 1))
+            lo, hi = min_distance(n_digits), plen - before_key
+            d = min(hi, int(math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))))
             rows.append(passkey_text(text, key, d, plen, rng) + key + ".")
             answers.append(len(rows) - 1)
         else:
@@ -272,17 +277,38 @@ def training_batch(tok, text: str, T: int, batch_size: int, rng: np.random.Gener
     return ids, w
 
 
+def passkey_chars(n_digits: int = 3) -> int:
+    "The characters of the shortest passkey document's inputs: its prompt at `min_distance` and the key."
+    return min_distance(n_digits) + FACT.index("{key}") + n_digits
+
+
+def curriculum(done: float,              # the elapsed share of training, 0 to 1
+               max_segments: int = 8, passkey_share: float = 0.5,
+               warm: float = 0.4,        # the share of training on passkey documents alone (0: the mix throughout)
+              ) -> tuple[int, float]:    # (the longest document in segments, the share of passkey documents)
+    """What a batch holds at `done`. For the first `warm` of training, passkey documents only: of 1 segment (the key
+    inside the window, where local attention learns to copy it), then of up to 2 (the key in the segment before, so
+    the memory, which reads with the same queries and keys, learns to bring it back). Then the mix, `passkey_share`
+    passkey documents, the longest document growing from 3 segments to `max_segments` over the next `warm`."""
+    if done < warm: return min(max_segments, 1 if done < warm / 2 else 2), 1.0
+    if warm == 0: return max_segments, passkey_share
+    return min(max_segments, 3 + int((max_segments - 2) * (done - warm) / warm)), passkey_share
+
+# %% ../nbs/09a_long_memory.ipynb #7ce2bdea
 def train_segments(model: GPT, tok, text: str,       # the model (with or without memory), its tokenizer, training text
                    time_budget_s: float,             # wall-clock training time: the same for every model compared
                    batch_size: int = 16, lr: float = 3e-3, max_segments: int = 8, passkey_share: float = 0.5,
                    seed: int = 0, warmup_steps: int = 100, log_every: int = 50,
                    max_steps: int | None = None,     # stop earlier after this many steps (None: the budget alone)
                    answer_weight: float = 1.0,       # weight of the loss on a passkey answer's digits
-                  ) -> list[dict]:                   # the log: step, elapsed_s, lr, train_loss
+                   warm: float = 0.4,                # `curriculum`'s share on passkey documents alone (0: none)
+                  ) -> list[dict]:                   # the log: step, elapsed_s, lr, train_loss, segments, passkey_share
     """Train on documents of up to `max_segments` segments, read segment by segment (`segment_loss`), for
-    `time_budget_s` seconds: AdamW (betas 0.9/0.95, weight decay 0.1), linear warmup, then a cosine decay over the
-    elapsed share of the budget (or of `max_steps`, whichever is further along), gradients clipped at norm 1."""
+    `time_budget_s` seconds, the documents following `curriculum`: AdamW (betas 0.9/0.95, weight decay 0.1), linear
+    warmup, then a cosine decay over the elapsed share of the budget (or of `max_steps`, whichever is further along),
+    gradients clipped at norm 1."""
     rng, T = np.random.default_rng(seed), model.cfg.context_length
+    least = math.ceil(passkey_chars() / T)          # the fewest segments that hold a passkey document
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     log, step, t0 = [], 0, time.perf_counter()
@@ -290,13 +316,15 @@ def train_segments(model: GPT, tok, text: str,       # the model (with or withou
     while (done := max((time.perf_counter() - t0) / time_budget_s, step / max_steps if max_steps else 0.0)) < 1:
         now = lr * min(1.0, (step + 1) / warmup_steps) * 0.5 * (1 + math.cos(math.pi * done))
         for g in opt.param_groups: g["lr"] = now
-        ids, w = training_batch(tok, text, T, batch_size, rng, max_segments, passkey_share, answer_weight=answer_weight)
+        segs, share = curriculum(done, max_segments, passkey_share, warm)
+        ids, w = training_batch(tok, text, T, batch_size, rng, max(segs, least), share, answer_weight=answer_weight)
         loss = segment_loss(model, ids, weights=w)
         opt.zero_grad(set_to_none=True); loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()
         step += 1
-        if step % log_every == 0: log.append({"step": step, "elapsed_s": time.perf_counter() - t0, "lr": now, "train_loss": loss.item()})
-    if step and (not log or log[-1]["step"] != step):      # the last step is always in the log
-        log.append({"step": step, "elapsed_s": time.perf_counter() - t0, "lr": now, "train_loss": loss.item()})
+        row = {"step": step, "elapsed_s": time.perf_counter() - t0, "lr": now, "train_loss": loss.item(),
+               "segments": max(segs, least), "passkey_share": share}
+        if step % log_every == 0: log.append(row)
+    if step and (not log or log[-1]["step"] != step): log.append(row)      # the last step is always in the log
     model.eval(); reset_memory(model)
     return log

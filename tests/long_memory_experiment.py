@@ -1,14 +1,15 @@
 """Chapter 09a's experiment: passkey retrieval against distance, a plain model against the same model with the
 key→value memory, at equal wall-clock training time, several seeds; the controls; Shakespeare validation loss.
 
-Each (model, seed) trains with `slm.long_memory.train_segments` for `--budget` seconds on the same mix (corpus text
-and passkey documents of 2 to 8 segments, `--passkey-share` of the rows), then is scored on 200 prompts per distance
+Each (model, seed) trains with `slm.long_memory.train_segments` for `--budget` seconds on the same mix (first `--warm`
+of the budget passkey documents alone, then corpus text and passkey documents of up to 8 segments,
+`--passkey-share` of the rows: `slm.long_memory.curriculum`), then is scored on 200 prompts per distance
 with prompts whose filler is the validation split (never trained on). One JSON row per run is appended to `--out`,
 so an interrupted experiment keeps what it finished. All runs train at the same time, one thread each, so that
 whatever else the machine does slows them alike (equal wall-clock budgets stay a fair comparison):
 
     for s in 0 1 2; do for k in plain memory; do
-      python tests/long_memory_experiment.py --budget 1800 --seeds $s --kinds $k --threads 1 \
+      python tests/long_memory_experiment.py --budget 1500 --seeds $s --kinds $k --threads 1 \
         --out nbs/results/long-memory-$k-seed$s.json &
     done; done; wait
 """
@@ -30,8 +31,7 @@ from slm.model import GPT
 from slm.tokenizer import CharTokenizer
 
 MODEL = dict(vocab_size=99, context_length=64, n_layers=2, d_model=64, n_heads=4, d_ff=256, dropout=0.0)
-KV = {"forward": [{"name": "kv_memory", "point": "blocks.*.attn.hook_z"}]}
-DISTANCES = (58, 128, 256, 384, 512, 768)          # from inside the last segment to 12 segments back
+DISTANCES = (40, 128, 256, 384, 512, 768)          # from inside the window to 12 segments back
 
 
 @torch.no_grad()
@@ -49,7 +49,10 @@ def main():
     ap.add_argument("--budget", type=float, default=600, help="training seconds per run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--passkey-share", type=float, default=0.5)
-    ap.add_argument("--answer-weight", type=float, default=50.0, help="loss weight of a passkey answer's digits")
+    ap.add_argument("--answer-weight", type=float, default=20.0, help="loss weight of a passkey answer's digits")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--warm", type=float, default=0.4, help="share of the budget on passkey documents alone")
+    ap.add_argument("--gate-init", type=float, default=-3.0, help="the memory gates' value at init")
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--kinds", nargs="+", default=["plain", "memory"], choices=["plain", "memory"])
     ap.add_argument("--threads", type=int, default=2)
@@ -65,13 +68,14 @@ def main():
             if any(r["kind"] == kind and r["seed"] == seed and r["budget_s"] == a.budget for r in done): continue
             torch.manual_seed(seed)
             model = GPT(config_from_dict({"model": MODEL}).model)
-            if kind == "memory": HookSet(config_from_dict({"model": MODEL, "hooks": KV}), model)
+            kv = {"forward": [{"name": "kv_memory", "point": "blocks.*.attn.hook_z", "params": {"gate_init": a.gate_init}}]}
+            if kind == "memory": HookSet(config_from_dict({"model": MODEL, "hooks": kv}), model)
             t0 = time.perf_counter()
-            log = train_segments(model, tok, train_text, a.budget, passkey_share=a.passkey_share, seed=seed,
-                                 answer_weight=a.answer_weight)
+            log = train_segments(model, tok, train_text, a.budget, batch_size=a.batch_size, passkey_share=a.passkey_share,
+                                 seed=seed, answer_weight=a.answer_weight, warm=a.warm)
             row = {"kind": kind, "seed": seed, "budget_s": a.budget, "train_s": time.perf_counter() - t0,
                    "steps": log[-1]["step"] if log else 0, "params": model.num_params(), "passkey_share": a.passkey_share,
-                   "answer_weight": a.answer_weight,
+                   "answer_weight": a.answer_weight, "batch_size": a.batch_size, "warm": a.warm, "gate_init": a.gate_init,
                    "log": log, "val_loss_1_segment": val_loss(model, corpus.val, 1, seed=seed),
                    "val_loss_8_segments": val_loss(model, corpus.val, 8, seed=seed),
                    "passkey": passkey_vs_distance(model, tok, val_text, DISTANCES, a.prompts, seed=seed)}

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 
 from slm.config import config_from_dict
 from slm.hooks import HookSet
-from slm.long_memory import (KVMemory, commit_segment, feature_map, generate_segments, kv_memories, min_distance,
-                             passkey_text, passkey_vs_distance, prompt_length, reset_memory, segment_loss,
-                             training_batch, train_segments, wilson)
+from slm.long_memory import (FACT, KVMemory, commit_segment, curriculum, feature_map, generate_segments, kv_memories,
+                             min_distance, passkey_chars, passkey_text, passkey_vs_distance, prompt_length, reset_memory,
+                             segment_loss, training_batch, train_segments, wilson)
 from slm.memory import QKMemory
 from slm.model import GPT
 from slm.tokenizer import CharTokenizer
@@ -33,6 +33,16 @@ def test_the_read_is_the_weighted_mean_of_every_value_written():
     assert torch.allclose(mem.read(q[None, None, None]).flatten(), (w[:, None] * vs).sum(0) / w.sum(), atol=1e-5)
     with pytest.raises(RuntimeError, match="empty"):
         KVMemory(1, 4).read(q[None, None, None])
+
+
+def test_the_gate_mixes_read_and_attention_per_head_from_its_initial_value():
+    read, local = torch.ones(1, 2, 3, 4), torch.zeros(1, 2, 3, 4)
+    assert torch.allclose(KVMemory(2, 4).mix(read, local), torch.full_like(read, 0.5))          # 0 at init: half each
+    mixed = KVMemory(2, 4, gate_init=-3.0).mix(read, local)
+    assert torch.allclose(mixed, torch.full_like(read, float(torch.sigmoid(torch.tensor(-3.0)))))   # about 5 %
+    m = _model(False)
+    HookSet(config_from_dict({"model": BASE, "hooks": {"forward": [dict(KV["forward"][0], params={"gate_init": -2.0})]}}), m)
+    assert all(torch.equal(g.gate, torch.full((4,), -2.0)) for g in kv_memories(m))
 
 
 def test_a_qk_memory_never_brings_back_an_earlier_segments_values_and_a_kv_memory_does():
@@ -104,10 +114,29 @@ def test_passkey_prompts_put_the_key_at_the_distance_and_leave_room_for_the_answ
         passkey_text(FILLER, "905", min_distance() - 1, 300, rng)
     tok = CharTokenizer()
     b = training_batch(tok, FILLER, 16, 8, rng, max_segments=8, passkey_share=1.0)
-    assert b.shape[0] == 8 and (b.shape[1] - 1) % 16 == 0
+    assert b.shape[0] == 8 and passkey_chars() <= b.shape[1] - 1 <= 8 * 16
     assert all("The pass key is" in tok.decode(r) for r in b)
-    with pytest.raises(ValueError, match="needs 5 segments of 16 characters"):
-        training_batch(tok, FILLER, 16, 8, rng, max_segments=4)
+    with pytest.raises(ValueError, match=f"needs {passkey_chars()} characters; max_segments·T is 48"):
+        training_batch(tok, FILLER, 16, 8, rng, max_segments=3)
+
+
+def test_training_documents_end_anywhere_in_a_segment_and_some_keys_are_inside_the_window():
+    tok, rng, ends, inside = CharTokenizer(), np.random.default_rng(1), set(), 0
+    for _ in range(40):
+        b = training_batch(tok, FILLER, 64, 5, rng, max_segments=8, passkey_share=1.0)
+        ends.add((b.shape[1] - 1) % 64)
+        for r in b:
+            text = tok.decode(r)
+            key_at = text.index(FACT[:FACT.index("{key}")]) + FACT.index("{key}")
+            inside += len(text) - 1 - key_at <= 60          # the key in the last 60 inputs: the question's window
+    assert len(ends) > 20 and 0.05 < inside / 200 < 0.6, (len(ends), inside)
+
+
+def test_the_curriculum_starts_inside_the_window_then_mixes_and_lengthens():
+    assert [curriculum(d) for d in (0.0, 0.19, 0.2, 0.39)] == [(1, 1.0), (1, 1.0), (2, 1.0), (2, 1.0)]
+    assert [curriculum(d)[0] for d in (0.4, 0.61, 0.8, 0.99)] == [3, 6, 8, 8]
+    assert {curriculum(d)[1] for d in (0.4, 0.7, 0.99)} == {0.5}
+    assert curriculum(0.0, warm=0) == (8, 0.5) and curriculum(0.1, max_segments=4, passkey_share=0.3, warm=0) == (4, 0.3)
 
 
 def test_the_passkey_test_scores_chance_for_an_untrained_model_and_wilson_bounds_it():
@@ -125,6 +154,8 @@ def test_train_segments_lowers_the_loss_within_its_step_limit():
     log = train_segments(m, CharTokenizer(), FILLER, time_budget_s=120, max_steps=20, warmup_steps=2, log_every=5,
                          batch_size=4, max_segments=4)
     assert [r["step"] for r in log] == [5, 10, 15, 20] and log[-1]["train_loss"] < log[0]["train_loss"]
+    assert -(-passkey_chars() // 32) == 2                # a passkey document needs 2 segments of 32: the least
+    assert [(r["segments"], r["passkey_share"]) for r in log] == [(2, 1.0), (3, 0.5), (4, 0.5), (4, 0.5)]
 
 
 def test_answer_weights_mark_the_answer_digits_and_weight_the_loss():
