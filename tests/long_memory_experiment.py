@@ -52,7 +52,7 @@ def main():
     ap.add_argument("--answer-weight", type=float, default=20.0, help="loss weight of a passkey answer's digits")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--warm", type=float, default=0.4, help="share of the budget on passkey documents alone")
-    ap.add_argument("--gate-init", type=float, default=-3.0, help="the memory gates' value at init")
+    ap.add_argument("--gate-init", type=float, default=0.0, help="the memory gates' value at init")
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--kinds", nargs="+", default=["plain", "memory"], choices=["plain", "memory"])
     ap.add_argument("--threads", type=int, default=2)
