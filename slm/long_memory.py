@@ -289,7 +289,9 @@ def curriculum(done: float,              # the elapsed share of training, 0 to 1
     """What a batch holds at `done`. For the first `warm` of training, passkey documents only: of 1 segment (the key
     inside the window, where local attention learns to copy it), then of up to 2 (the key often a segment back, so
     the memory, which reads with the same queries and keys, learns to bring it back). Then the mix, `passkey_share`
-    passkey documents, the longest document growing from 3 segments to `max_segments`, reached before `done = 2·warm`."""
+    passkey documents, the longest document growing from 3 segments to `max_segments`, reached before `done = 2·warm`.
+    Raises `ValueError` for `warm` outside 0 to 0.5 (the mix must have time to reach its longest documents)."""
+    if not 0 <= warm <= 0.5: raise ValueError(f"curriculum: warm must be between 0 and 0.5, got {warm}")
     if done < warm: return min(max_segments, 1 if done < warm / 2 else 2), 1.0
     if warm == 0: return max_segments, passkey_share
     return min(max_segments, 3 + int((max_segments - 2) * (done - warm) / warm)), passkey_share

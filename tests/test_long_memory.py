@@ -137,6 +137,8 @@ def test_the_curriculum_starts_inside_the_window_then_mixes_and_lengthens():
     assert [curriculum(d)[0] for d in (0.4, 0.61, 0.8, 0.99)] == [3, 6, 8, 8]
     assert {curriculum(d)[1] for d in (0.4, 0.7, 0.99)} == {0.5}
     assert curriculum(0.0, warm=0) == (8, 0.5) and curriculum(0.1, max_segments=4, passkey_share=0.3, warm=0) == (4, 0.3)
+    for bad in (-0.1, 0.6):
+        with pytest.raises(ValueError, match=f"warm must be between 0 and 0.5, got {bad}"): curriculum(0.3, warm=bad)
 
 
 def test_the_passkey_test_scores_chance_for_an_untrained_model_and_wilson_bounds_it():
