@@ -32,17 +32,20 @@ class KVMemory(nn.Module):
     head: `M_s = M_{s-1} + σ(K_s)ᵀ V_s` (shape `(B, H, d_head, d_head)`) and `z_s = z_{s-1} + Σ_t σ(k_t)` (`(B, H, d_head)`);
     a query reads `σ(q) M / (σ(q)·z)`, a weighted mean of the values written, with weights `σ(q)·σ(k_i)`: the same kind
     of normalisation as D18's `norm_sum`, so the read's scale is that of a value whatever the number of keys. `gate`
-    (one learned number per head, `gate_init` at init) mixes the read with local attention: `sigmoid(gate)·read + (1 −
-    sigmoid(gate))·attention`. Gradients flow back through every write of a document; `detach=True` stops them at
+    (one learned number per head, `gate_init` at init) mixes the read with local attention: `sigmoid(g)·read + (1 −
+    sigmoid(g))·attention` with `g = gate`, or, with `query_gate=True`, `g = gate + q·gate_q` for each position's query
+    `q` (`gate_q`, `(n_heads, d_head)`, starts at 0), so that a head can open the memory only where its query asks. Gradients flow back through every write of a document; `detach=True` stops them at
     each write instead (Transformer-XL's stop-gradient on its cached segment)."""
     def __init__(self, n_heads: int, d_head: int, detach: bool = False, eps: float = 1e-6,
-                 gate_init: float = 0.0):     # the gates' start: 0 mixes half and half, -3 gives the read 5 %
+                 gate_init: float = 0.0,      # the gates' start: 0 mixes half and half, -3 gives the read 5 %
+                 query_gate: bool = False):   # the gate also depends on each position's query
         "Raises `ValueError` for n_heads < 1 or d_head < 1."
         super().__init__()
         if n_heads < 1 or d_head < 1:
             raise ValueError(f"KVMemory needs n_heads >= 1 and d_head >= 1; got {n_heads}, {d_head}")
         self.n_heads, self.d_head, self.detach, self.eps = n_heads, d_head, detach, eps
         self.gate = nn.Parameter(torch.full((n_heads,), float(gate_init)))
+        self.gate_q = nn.Parameter(torch.zeros(n_heads, d_head)) if query_gate else None
         self.reset()
 
     def reset(self) -> KVMemory:
@@ -68,9 +71,11 @@ class KVMemory(nn.Module):
         sq = feature_map(q)
         return (sq @ self.M) / ((sq * self.z[:, :, None, :]).sum(-1, keepdim=True) + self.eps)
 
-    def mix(self, read: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
-        "`sigmoid(gate)·read + (1 − sigmoid(gate))·local`, per head; both `(B, H, T, d_head)`."
-        g = torch.sigmoid(self.gate)[None, :, None, None]
+    def mix(self, read: torch.Tensor, local: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        "`sigmoid(g)·read + (1 − sigmoid(g))·local`, per head and position; `read`, `local`, `q` all `(B, H, T, d_head)`."
+        g = self.gate[None, :, None, None]
+        if self.gate_q is not None: g = g + (q * self.gate_q[None, :, None, :]).sum(-1, keepdim=True)
+        g = torch.sigmoid(g)
         return g * read + (1 - g) * local
 
 # %% ../nbs/09a_long_memory.ipynb #933dd1d7
@@ -79,10 +84,12 @@ class KVMemoryHook:
     `sigmoid(gate)·read + (1 − sigmoid(gate))·z`, where the read takes the same position's query (captured at `hook_q`)
     to the memory of the earlier segments. The segment's keys and values (captured at `hook_k`/`hook_v`) are written
     only when `commit_segment(model)` says the segment is complete, so a partial segment can be run again and again
-    while generating. Raises `HookError` at any other point."""
+    while generating. Raises `HookError` at any other point, and when run with a KV cache (keys and queries of different
+    lengths): the memory is written a whole segment at a time."""
     def __init__(self, detach: bool = False,   # stop gradients at every write (default: they cross every boundary)
-                 gate_init: float = 0.0):      # `KVMemory`'s gates at init
-        self.detach, self.gate_init, self._handles = detach, gate_init, {}
+                 gate_init: float = 0.0,       # `KVMemory`'s gates at init
+                 query_gate: bool = False):    # `KVMemory`'s gates depend on each position's query too
+        self.detach, self.gate_init, self.query_gate, self._handles = detach, gate_init, query_gate, {}
 
     def check(self, point: HookPoint, model: nn.Module):
         if not point.name.endswith(".attn.hook_z"):
@@ -90,7 +97,7 @@ class KVMemoryHook:
 
     def setup(self, point: HookPoint, model: nn.Module):
         attn = model.get_submodule(f"transformer.h.{point.name.split('.')[1]}.attn")
-        mem = KVMemory(attn.n_heads, attn.d_head, self.detach, gate_init=self.gate_init).to(attn.c_attn.weight.device)
+        mem = KVMemory(attn.n_heads, attn.d_head, self.detach, gate_init=self.gate_init, query_gate=self.query_gate).to(attn.c_attn.weight.device)
         point.add_module("kv_memory", mem)
         seen = {}
         self._handles[point.name] = [
@@ -108,7 +115,7 @@ class KVMemoryHook:
         if k.shape[-2] != q.shape[-2]:
             raise HookError(f"kv_memory at {hook.name}: run segments without a KV cache (keys {k.shape[-2]}, queries {q.shape[-2]})")
         mem.pending = (k, v)
-        return z if mem.empty else mem.mix(mem.read(q).to(z.dtype), z)
+        return z if mem.empty else mem.mix(mem.read(q).to(z.dtype), z, q)
 
 register_hook("forward", "kv_memory")(KVMemoryHook)
 

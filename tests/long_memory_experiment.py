@@ -53,6 +53,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--warm", type=float, default=0.4, help="share of the budget on passkey documents alone")
     ap.add_argument("--gate-init", type=float, default=0.0, help="the memory gates' value at init")
+    ap.add_argument("--query-gate", action="store_true", help="the memory gates depend on each position's query")
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--kinds", nargs="+", default=["plain", "memory"], choices=["plain", "memory"])
     ap.add_argument("--threads", type=int, default=2)
@@ -68,7 +69,8 @@ def main():
             if any(r["kind"] == kind and r["seed"] == seed and r["budget_s"] == a.budget for r in done): continue
             torch.manual_seed(seed)
             model = GPT(config_from_dict({"model": MODEL}).model)
-            kv = {"forward": [{"name": "kv_memory", "point": "blocks.*.attn.hook_z", "params": {"gate_init": a.gate_init}}]}
+            params = {"gate_init": a.gate_init, "query_gate": a.query_gate}
+            kv = {"forward": [{"name": "kv_memory", "point": "blocks.*.attn.hook_z", "params": params}]}
             if kind == "memory": HookSet(config_from_dict({"model": MODEL, "hooks": kv}), model)
             t0 = time.perf_counter()
             log = train_segments(model, tok, train_text, a.budget, batch_size=a.batch_size, passkey_share=a.passkey_share,
@@ -76,6 +78,7 @@ def main():
             row = {"kind": kind, "seed": seed, "budget_s": a.budget, "train_s": time.perf_counter() - t0,
                    "steps": log[-1]["step"] if log else 0, "params": model.num_params(), "passkey_share": a.passkey_share,
                    "answer_weight": a.answer_weight, "batch_size": a.batch_size, "warm": a.warm, "gate_init": a.gate_init,
+                   "query_gate": a.query_gate,
                    "log": log, "val_loss_1_segment": val_loss(model, corpus.val, 1, seed=seed),
                    "val_loss_8_segments": val_loss(model, corpus.val, 8, seed=seed),
                    "passkey": passkey_vs_distance(model, tok, val_text, DISTANCES, a.prompts, seed=seed)}

@@ -37,12 +37,26 @@ def test_the_read_is_the_weighted_mean_of_every_value_written():
 
 def test_the_gate_mixes_read_and_attention_per_head_from_its_initial_value():
     read, local = torch.ones(1, 2, 3, 4), torch.zeros(1, 2, 3, 4)
-    assert torch.allclose(KVMemory(2, 4).mix(read, local), torch.full_like(read, 0.5))          # 0 at init: half each
-    mixed = KVMemory(2, 4, gate_init=-3.0).mix(read, local)
+    q = torch.randn(1, 2, 3, 4)
+    assert torch.allclose(KVMemory(2, 4).mix(read, local, q), torch.full_like(read, 0.5))       # 0 at init: half each
+    mixed = KVMemory(2, 4, gate_init=-3.0).mix(read, local, q)
     assert torch.allclose(mixed, torch.full_like(read, float(torch.sigmoid(torch.tensor(-3.0)))))   # about 5 %
     m = _model(False)
     HookSet(config_from_dict({"model": BASE, "hooks": {"forward": [dict(KV["forward"][0], params={"gate_init": -2.0})]}}), m)
     assert all(torch.equal(g.gate, torch.full((4,), -2.0)) for g in kv_memories(m))
+
+
+def test_a_query_gate_starts_as_the_scalar_gate_and_then_opens_where_the_query_asks():
+    read, local, q = torch.ones(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), torch.randn(1, 2, 3, 4)
+    mem = KVMemory(2, 4, gate_init=-1.0, query_gate=True)
+    assert mem.gate_q.shape == (2, 4)
+    assert torch.equal(mem.mix(read, local, q), KVMemory(2, 4, gate_init=-1.0).mix(read, local, q))   # gate_q = 0
+    with torch.no_grad(): mem.gate_q.fill_(1.0)
+    expected = torch.sigmoid(-1.0 + q.sum(-1, keepdim=True)).expand_as(read)    # g = gate + q·gate_q, per position
+    assert torch.allclose(mem.mix(read, local, q), expected)
+    m = _model(False)
+    HookSet(config_from_dict({"model": BASE, "hooks": {"forward": [dict(KV["forward"][0], params={"query_gate": True})]}}), m)
+    assert m.num_params() - _model(False).num_params() == 2 * (4 + 4 * 8)    # per layer: a gate and a d_head vector a head
 
 
 def test_a_qk_memory_never_brings_back_an_earlier_segments_values_and_a_kv_memory_does():
@@ -52,7 +66,7 @@ def test_a_qk_memory_never_brings_back_an_earlier_segments_values_and_a_kv_memor
         return F.scaled_dot_product_attention(qB + QKMemory(16).reset(1).write(kA).read(qB), kB, vB, is_causal=True)
     def kv(v):
         mem = KVMemory(1, 16).write(kA, v)
-        return mem.mix(mem.read(qB), F.scaled_dot_product_attention(qB, kB, vB, is_causal=True))
+        return mem.mix(mem.read(qB), F.scaled_dot_product_attention(qB, kB, vB, is_causal=True), qB)
     assert torch.equal(qk(vA), qk(other))
     assert (kv(vA) - kv(other)).abs().max() > 0.05
 
