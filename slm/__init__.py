@@ -3,7 +3,7 @@ __version__ = "0.1.0"
 # A Part II companion plugs into its chapter through a registry the chapter offers (chapter 02's `ERROR_WORDS` and
 # `MOVED` for the companion 02a; chapter 03's `ATTENTION_PATHS` and `DROPOUT_MASKS` for 03a; chapter 04's hook
 # registry and `HookSet`, and 02's config checks, for 04a; chapter 05's `OPTIMIZERS`, `CHECKPOINT_PARTS`,
-# `BUILD_CHECKS`, callbacks and `DIST_CONTEXTS` for 05a, 05b and 05c). It comes after the chapter in the book, so
+# `BUILD_CHECKS`, callbacks and `DIST_CONTEXTS` for 05c, 05d and 05e). It comes after the chapter in the book, so
 # the chapter's module cannot import it.
 # The package imports it instead, right after the chapter's module has run, so that `slm.config` behaves the same
 # whichever module a program imports first. Nothing is imported before that (`slm --help` imports no chapter).
@@ -12,7 +12,8 @@ import sys as _sys
 _COMPANIONS = {"slm.config": ("slm.config_errors",),   # a chapter's module -> its companions, imported right after it
                "slm.model": ("slm.speed",),
                "slm.hooks": ("slm.hook_configs",),
-               "slm.training": ("slm.optimizers", "slm.runs", "slm.parallel")}
+               "slm.training": ("slm.optimizers",),
+               "slm.run_state": ("slm.runs", "slm.parallel")}
 
 
 class _CompanionFinder:

@@ -87,7 +87,7 @@ def cmd_train(args) -> int:
     from slm.generation import generate_text
     from slm.model import bits_per_char
     from slm.training import load_run
-    from slm.training import TrainingInterrupted, train
+    from slm.loop import TrainingInterrupted, train
     if args.resume:
         if args.config or args.overrides: raise UsageError("--resume continues a run with its own config.yaml; drop CONFIG and --set")
         cfg = None
@@ -117,7 +117,7 @@ def cmd_train(args) -> int:
 
 def _end_process_group(clean: bool):
     "Under torchrun, end the process group before the process exits (after a barrier if `clean`): a process that exits with gloo still running sometimes aborts (`terminate called without an active exception`). Nothing without torchrun."
-    from slm.parallel import end_process_group   # companion 05c: where the process group is started and ended
+    from slm.parallel import end_process_group   # companion 05e: where the process group is started and ended
     end_process_group(clean)
 
 def _generation_bar(total: int):
@@ -439,7 +439,8 @@ def _run(args) -> int:
     from slm.data import CorpusError
     from slm.evaluation import EvaluationError
     from slm.export import ExportError
-    from slm.training import CheckpointError, DivergenceError
+    from slm.training import CheckpointError
+    from slm.loop import DivergenceError
     try: return args.func(args)
     except (ConfigError, CorpusError, CheckpointError, DivergenceError, EvaluationError, ExportError, UsageError) as e:
         if _is_rank0(): print(f"slm: error: {_one_line(e)}", file=sys.stderr)

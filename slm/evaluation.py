@@ -307,7 +307,7 @@ class RunSummary:
     status: str | None              # from the manifest: finished, paused, interrupted, diverged, failed or running
 
 def run_summary(run_dir) -> RunSummary:
-    "Read a run folder written by `slm.training.train`. Raises `EvaluationError` if the folder, its config.yaml or its metrics.jsonl is missing or unreadable."
+    "Read a run folder written by `slm.loop.train`. Raises `EvaluationError` if the folder, its config.yaml or its metrics.jsonl is missing or unreadable."
     d = Path(run_dir).expanduser()
     if not d.is_dir(): raise EvaluationError(f"{d}: no such run folder")
     for f in ("config.yaml", "metrics.jsonl"):

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 from .model import GPT, eval_mode
-from .training import Callback, DivergenceError, register_callback
+from .training import Callback, register_callback
+from .loop import DivergenceError
 
 # %% auto #0
 __all__ = ['plot_next_token_probs', 'check_sampling_params', 'greedy', 'apply_temperature', 'top_k_filter', 'top_p_filter',

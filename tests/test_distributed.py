@@ -114,7 +114,7 @@ def test_resume_with_another_world_size_is_refused(world2, tmp_path):
 
 
 def test_agree_gives_every_process_the_same_decisions(tmp_path):
-    "`DataParallel.agree` (companion 05c): the mean loss, stop if any process must, and the longest clock, the same on every process (what keeps the learning rate and the last step of a time-budgeted run the same everywhere)."
+    "`DataParallel.agree` (companion 05e): the mean loss, stop if any process must, and the longest clock, the same on every process (what keeps the learning rate and the last step of a time-budgeted run the same everywhere)."
     script = tmp_path / "agree.py"
     script.write_text("import os, sys\nfrom pathlib import Path\nfrom slm.parallel import DataParallel\n"     # one file per rank:
                       "r = int(os.environ['RANK'])\nd = DataParallel(r, int(os.environ['WORLD_SIZE']), r)\nd.setup('cpu')\n"  # their stdout interleaves

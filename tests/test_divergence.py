@@ -10,7 +10,8 @@ import torch
 
 from conftest import TINY_CONFIG, copy_run, slm_in_process
 from slm.config import load_config
-from slm.training import DivergenceError, LRSpike, list_checkpoints, train
+from slm.training import LRSpike, list_checkpoints
+from slm.loop import DivergenceError, train
 
 QUICK = ["--set", "eval.eval_batches=1", "--set", "eval.sample_length=0"]
 

@@ -17,7 +17,7 @@ from slm.evaluation import (EvaluationError, baseline_losses, bigram_probs, bits
                             sample_heuristics, score_tokens, unigram_probs, window_plan, words)
 from slm.model import GPT
 from slm.tokenizer import CharTokenizer
-from slm.training import train
+from slm.loop import train
 
 from _corpus import play_text
 

@@ -466,7 +466,7 @@ def identity_everywhere(points):
 
 @pytest.mark.parametrize("attention", ["sdpa", "explicit"])
 def test_identity_hooks_give_bitwise_identical_training(root, attention):
-    from slm.training import train
+    from slm.loop import train
     names = GPT(run_cfg(root, "x").model).hook_names()
     if attention == "sdpa":   # a pattern/score hook moves sdpa to the explicit path (same maths, other rounding)
         names = [n for n in names if not n.endswith(("hook_pattern", "hook_attn_scores"))]
@@ -477,7 +477,8 @@ def test_identity_hooks_give_bitwise_identical_training(root, attention):
 
 
 def test_manifest_and_metrics_record_the_hooks(root, tmp_path):
-    from slm.training import read_jsonl, train
+    from slm.training import read_jsonl
+    from slm.loop import train
     cfg = run_cfg(root, "hooked", {"update": [{"name": "clip_value", "params": {"limit": 0.01}}],
                                    "aux": [{"name": "act_l1", "point": "blocks.*.mlp.hook_post", "params": {"weight": 0.5}}]})
     p = save_config(cfg, tmp_path / "exp.yaml")                       # the user's YAML file
@@ -496,7 +497,7 @@ def test_manifest_and_metrics_record_the_hooks(root, tmp_path):
 
 
 def test_resume_with_hooks_is_exact(root):
-    from slm.training import train
+    from slm.loop import train
     section = {"update": [{"name": "grad_noise", "params": {"eta": 1e-6}}],
                "aux": [{"name": "act_l1", "point": "blocks.*.mlp.hook_post", "params": {"weight": 0.1}}]}
     full = train(run_cfg(root, "full-h", section, eval__log_interval=3), progress=False, quiet=True)

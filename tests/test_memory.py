@@ -13,7 +13,8 @@ from slm.memory import (QKMemory, capacity_sweep, expected_cosine, memory_report
                         CopyCircuit, passkey_prompt, passkey_test, probe_model)
 from slm.model import GPT
 from slm.tokenizer import CharTokenizer
-from slm.training import load_run, read_jsonl, train
+from slm.training import load_run, read_jsonl
+from slm.loop import train
 
 MEMORY = {"forward": [{"name": "qk_memory", "point": "blocks.*.attn.hook_q", "params": {"slots": 3}}]}
 

@@ -1,5 +1,5 @@
 """Chapter 05's optimizers (the registry behind `training.optimizer`, the learning-rate schedules) and companion
-05a's Newton–Schulz and Muon."""
+05c's Newton–Schulz and Muon."""
 import math
 import typing
 

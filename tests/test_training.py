@@ -21,9 +21,10 @@ from slm.config import ConfigError, config_from_dict, load_config, save_config
 from slm.data import RandomWindows, load_corpus
 from slm.model import GPT
 import slm.generation  # noqa: F401  (chapter 06 registers the sample written at each evaluation)
-from slm.training import (CheckpointError, LRSpike, SpikeDetector, TrainingInterrupted, accumulate_gradients, evaluate,
-                          list_checkpoints, load_checkpoint, load_run, lr_at, make_optimizer, param_groups, read_jsonl,
-                          save_checkpoint, train, train_step)
+from slm.training import (CheckpointError, LRSpike, SpikeDetector, accumulate_gradients, evaluate, list_checkpoints,
+                          load_checkpoint, load_run, lr_at, make_optimizer, param_groups, read_jsonl, save_checkpoint,
+                          train_step)
+from slm.loop import TrainingInterrupted, train
 
 from _corpus import play_text
 
@@ -287,8 +288,9 @@ def test_time_budget_ends_the_run_and_its_schedule(root):
 @pytest.mark.parametrize("fast", [True, False])
 def test_dtype_auto_uses_bfloat16_only_where_it_has_kernels(root, monkeypatch, fast):
     "`other.dtype: auto` trains exactly as bfloat16 where `has_fast_bfloat16` says so and as float32 elsewhere (decision D25), and the manifest says which; an explicit bfloat16 without the kernels warns."
-    import slm.training
-    monkeypatch.setattr(slm.training, "has_fast_bfloat16", lambda device: fast)
+    import slm.run_state, slm.training
+    for module in (slm.training, slm.run_state):              # `resolve_dtype` asks in one, `open_run` in the other
+        monkeypatch.setattr(module, "has_fast_bfloat16", lambda device: fast)
     def losses(dtype):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -375,7 +377,7 @@ def test_resume_errors(root, tmp_path):
 SCRIPT = textwrap.dedent("""
     import sys
     from slm.config import load_config
-    from slm.training import TrainingInterrupted, train
+    from slm.loop import TrainingInterrupted, train
     try:
         train(load_config(sys.argv[1]), progress=False)
     except TrainingInterrupted as e:
@@ -495,12 +497,12 @@ def test_nan_loss_rolls_back_or_raises(tmp_path):
 
 
 def test_train_from_a_fresh_interpreter_registers_every_chapter(tiny_run, tmp_path):
-    """A library user who imports only `slm.training` gets the command's run: the entry points `slm.plugins` load the
+    """A library user who imports only `slm.loop` gets the command's run: the entry points `slm.plugins` load the
     chapters that register callbacks (06's sample at each evaluation), so the run folder has the same files."""
     code = textwrap.dedent(f"""
         import sys
         from slm.config import load_config
-        from slm.training import train
+        from slm.loop import train
         assert "slm.generation" not in sys.modules
         cfg = load_config({str(Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml")!r},
                           ["training.max_steps=2", "eval.eval_interval=2", "checkpoint.runs_dir={tmp_path}",
@@ -511,7 +513,7 @@ def test_train_from_a_fresh_interpreter_registers_every_chapter(tiny_run, tmp_pa
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "'slm.generation'" in r.stdout and "'slm.memory'" in r.stdout, r.stdout
-    for companion in ("slm.optimizers", "slm.runs", "slm.parallel"):   # 05's companions, imported with slm.training
+    for companion in ("slm.optimizers", "slm.runs", "slm.parallel"):   # 05's companions, imported with its modules
         assert f"'{companion}'" in r.stdout, r.stdout
     lib = tmp_path / "lib"
     samples = [json.loads(l) for l in (lib / "samples.jsonl").read_text().splitlines()]
