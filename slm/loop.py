@@ -31,7 +31,7 @@ def count_step(run: Run, step: int, loss: float, seconds: float):
     if run.bar is not None: run.bar.update(1)
 
 def log_metrics(run: Run, step: int, lr: float, grad_norm: float | None, val: float | None) -> dict:
-    """Write one metrics line: the mean training loss since the previous line, telemetry (section 8), auxiliary losses,
+    """Write one metrics line: the mean training loss since the previous line, telemetry (chapter 05, section 8), auxiliary losses,
     callback fields."""
     m = run.meter
     rec = {"step": step, "train_loss": m.loss / m.n if m.n else None, "val_loss": val, "lr": lr, "grad_norm": grad_norm,
@@ -185,7 +185,7 @@ class RunResult:
     tokens_per_s: float | None
     elapsed_s: float                # wall time of the whole run, all segments
     checkpoint: Path | None         # the newest checkpoint written
-    rollbacks: int = 0              # spike or NaN rollbacks in the whole run (section 8)
+    rollbacks: int = 0              # spike or NaN rollbacks in the whole run (chapter 05, section 8)
     # memory-probe time / training time at eval.probe_interval (chapter 09), if probed
     probe_overhead: float | None = None
 
