@@ -34,7 +34,8 @@ class KVMemory(nn.Module):
     of normalisation as D18's `norm_sum`, so the read's scale is that of a value whatever the number of keys. `gate`
     (one learned number per head, `gate_init` at init) mixes the read with local attention: `sigmoid(g)·read + (1 −
     sigmoid(g))·attention` with `g = gate`, or, with `query_gate=True`, `g = gate + q·gate_q` for each position's query
-    `q` (`gate_q`, `(n_heads, d_head)`, starts at 0), so that a head can open the memory only where its query asks. Gradients flow back through every write of a document; `detach=True` stops them at
+    `q` (`gate_q`, `(n_heads, d_head)`, starts at 0), so that a head can open the memory only where its query asks.
+    Gradients flow back through every write of a document; `detach=True` stops them at
     each write instead (Transformer-XL's stop-gradient on its cached segment)."""
     def __init__(self, n_heads: int, d_head: int, detach: bool = False, eps: float = 1e-6,
                  gate_init: float = 0.0,      # the gates' start: 0 mixes half and half, -3 gives the read 5 %
@@ -97,7 +98,8 @@ class KVMemoryHook:
 
     def setup(self, point: HookPoint, model: nn.Module):
         attn = model.get_submodule(f"transformer.h.{point.name.split('.')[1]}.attn")
-        mem = KVMemory(attn.n_heads, attn.d_head, self.detach, gate_init=self.gate_init, query_gate=self.query_gate).to(attn.c_attn.weight.device)
+        mem = KVMemory(attn.n_heads, attn.d_head, self.detach, gate_init=self.gate_init,
+                       query_gate=self.query_gate).to(attn.c_attn.weight.device)
         point.add_module("kv_memory", mem)
         seen = {}
         self._handles[point.name] = [
