@@ -84,8 +84,9 @@ def bench_training(cfg: TrainingConfig, steps: int = 10, warmup: int = 3, dtype:
     """Time `steps` optimizer updates (after `warmup` untimed ones, which include any compilation) of `cfg`'s model on
     its corpus, in `dtype` (default `cfg.other.dtype`), through `torch.compile` if `compile` (default
     `cfg.other.compile`).
-    Each step is timed on its own and the *median* counts, so one step slowed by another process does not move the
-    figure. Returns tokens/s, seconds/step and achieved GFLOP/s (`flops_per_token` × tokens/s)."""
+    Each step is timed on its own and the *median* counts, so with 3 or more steps one step slowed by another process
+    does not move the figure (with 2, the median is their mean).
+    Returns tokens/s, seconds/step and achieved GFLOP/s (`flops_per_token` × tokens/s)."""
     compile = cfg.other.compile if compile is None else compile
     torch.manual_seed(cfg.other.seed)
     device, tc, T = pick_device(cfg.other.device), cfg.training, cfg.model.context_length
@@ -229,9 +230,9 @@ def bench_sweep(cfg: TrainingConfig,                # the starting point: every 
                 widths=(64, 128, 256, 512),         # d_model values to time (at `cfg`'s context; d_ff = 4·d_model)
                 steps: int = 3,                     # timed training steps per point
                ) -> list[dict]:
-    """Training tokens/s, batch-1 KV-cache generation tokens/s and peak memory (MB) per point, one fresh subprocess
-    each: one dict per point with `vary`, `context_length`, `d_model` and the figures. Raises `RuntimeError` if a
-    point fails (e.g. out of memory)."""
+    """Training tokens/s, batch-1 KV-cache generation tokens/s (64 new tokens) and peak memory (MiB, under the key
+    `peak_MB`) per point, one fresh subprocess each: one dict per point with `vary`, `context_length`, `d_model` and
+    the figures. Raises `RuntimeError` if a point fails (e.g. out of memory)."""
     rows = []
     for key, values in (("context_length", contexts), ("d_model", widths)):
         for v in values:
