@@ -15,11 +15,13 @@ import torch.nn.functional as F
 
 from .hooks import HookError, register_hook
 from .model import GPT, HookPoint
+from .training import param_groups
 
 # %% auto #0
 __all__ = ['FACT', 'QUESTION', 'feature_map', 'KVMemory', 'KVMemoryHook', 'kv_memories', 'reset_memory', 'commit_segment',
            'segment_loss', 'generate_segments', 'passkey_text', 'prompt_length', 'min_distance', 'random_key', 'wilson',
-           'passkey_vs_distance', 'training_batch', 'passkey_chars', 'curriculum', 'train_segments']
+           'passkey_vs_distance', 'training_batch', 'passkey_chars', 'curriculum', 'segment_param_groups',
+           'train_segments']
 
 # %% ../nbs/09a_long_memory.ipynb #2161b061
 def feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -306,6 +308,18 @@ def curriculum(done: float,              # the elapsed share of training, 0 to 1
     return min(max_segments, 3 + int((max_segments - 2) * (done - warm) / warm)), passkey_share
 
 # %% ../nbs/09a_long_memory.ipynb #7ce2bdea
+def segment_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Chapter 05's `param_groups` (decision D8: tensors of 2 or more dimensions decay, 1-D ones do not), with every
+    memory gate undecayed, the query gates' `gate_q` (2-D) too: decay pulls a gate towards 0, and sigmoid(0) = 0.5 is
+    a half-open memory, where a head would rather close it on text the memory does not help."""
+    decayed, undecayed = ({"params": [], "names": [], "weight_decay": wd} for wd in (weight_decay, 0.0))
+    for g in param_groups(model, weight_decay):
+        for n, p in zip(g["names"], g["params"]):
+            to = undecayed if g["weight_decay"] == 0 or n.endswith(".kv_memory.gate_q") else decayed
+            to["params"].append(p); to["names"].append(n)
+    return [g for g in (decayed, undecayed) if g["params"]]
+
+
 def train_segments(model: GPT, tok, text: str,       # the model (with or without memory), its tokenizer, training text
                    time_budget_s: float,             # wall-clock training time: the same for every model compared
                    batch_size: int = 16, lr: float = 3e-3, max_segments: int = 8, passkey_share: float = 0.5,
@@ -315,13 +329,13 @@ def train_segments(model: GPT, tok, text: str,       # the model (with or withou
                    warm: float = 0.4,                # `curriculum`'s share on passkey documents alone (0: none)
                   ) -> list[dict]:                   # the log: step, elapsed_s, lr, train_loss, segments, passkey_share
     """Train on documents of up to `max_segments` segments, read segment by segment (`segment_loss`), for
-    `time_budget_s` seconds, the documents following `curriculum`: AdamW (betas 0.9/0.95, weight decay 0.1), linear
-    warmup, then a cosine decay over the elapsed share of the budget (or of `max_steps`, whichever is further along),
-    gradients clipped at norm 1."""
+    `time_budget_s` seconds, the documents following `curriculum`: AdamW (betas 0.9/0.95, weight decay 0.1 on
+    `segment_param_groups`), linear warmup, then a cosine decay over the elapsed share of the budget (or of
+    `max_steps`, whichever is further along), gradients clipped at norm 1."""
     rng, T = np.random.default_rng(seed), model.cfg.context_length
     least = math.ceil(passkey_chars() / T)          # the fewest segments that hold a passkey document
     torch.manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    opt = torch.optim.AdamW(segment_param_groups(model, 0.1), lr=lr, betas=(0.9, 0.95))
     log, step, t0 = [], 0, time.perf_counter()
     model.train()
     while (done := max((time.perf_counter() - t0) / time_budget_s, step / max_steps if max_steps else 0.0)) < 1:

@@ -8,7 +8,7 @@ from slm.config import config_from_dict
 from slm.hooks import HookSet
 from slm.long_memory import (FACT, KVMemory, commit_segment, curriculum, feature_map, generate_segments, kv_memories,
                              min_distance, passkey_chars, passkey_text, passkey_vs_distance, prompt_length, reset_memory,
-                             segment_loss, training_batch, train_segments, wilson)
+                             segment_loss, segment_param_groups, training_batch, train_segments, wilson)
 from slm.memory import QKMemory
 from slm.model import GPT
 from slm.tokenizer import CharTokenizer
@@ -172,6 +172,18 @@ def test_train_segments_lowers_the_loss_within_its_step_limit():
     assert [r["step"] for r in log] == [5, 10, 15, 20] and log[-1]["train_loss"] < log[0]["train_loss"]
     assert -(-passkey_chars() // 32) == 2                # a passkey document needs 2 segments of 32: the least
     assert [(r["segments"], r["passkey_share"]) for r in log] == [(2, 1.0), (3, 0.5), (4, 0.5), (4, 0.5)]
+
+
+def test_no_memory_gate_decays_and_every_other_matrix_does():
+    m, hook = _model(False), dict(KV["forward"][0], params={"query_gate": True})
+    HookSet(config_from_dict({"model": BASE, "hooks": {"forward": [hook]}}), m)
+    groups = segment_param_groups(m, 0.1)
+    decayed, undecayed = ({n: p for n, p in zip(g["names"], g["params"])} for g in groups)
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
+    assert not set(decayed) & set(undecayed) and len(decayed) + len(undecayed) == len(list(m.parameters()))
+    gates = {n for n in undecayed if "kv_memory" in n}
+    assert len(gates) == 2 * 2 and all(n.endswith((".gate", ".gate_q")) for n in gates)   # 2 layers, gate and gate_q
+    assert all(p.dim() >= 2 for p in decayed.values()) and "transformer.wte.weight" in decayed
 
 
 def test_answer_weights_mark_the_answer_digits_and_weight_the_loss():
