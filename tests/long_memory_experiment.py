@@ -10,8 +10,12 @@ whatever else the machine does slows them alike (equal wall-clock budgets stay a
 
     for s in 0 1 2; do for k in plain memory; do
       python tests/long_memory_experiment.py --budget 1500 --seeds $s --kinds $k --threads 1 \
-        --out nbs/results/long-memory-$k-seed$s.json &
+        --query-gate --point blocks.1.attn.hook_z \
+        --out nbs/results/long-memory/query-gate-layer1/long-memory-$k-seed$s.json &
     done; done; wait
+
+(the memory's flags do nothing to a plain run). The other batches of `nbs/results/long-memory/` differ in the flags
+their files record; the first three were trained by an earlier `train_segments` that decayed every parameter.
 """
 from __future__ import annotations
 
@@ -54,6 +58,8 @@ def main():
     ap.add_argument("--warm", type=float, default=0.4, help="share of the budget on passkey documents alone")
     ap.add_argument("--gate-init", type=float, default=0.0, help="the memory gates' value at init")
     ap.add_argument("--query-gate", action="store_true", help="the memory gates depend on each position's query")
+    ap.add_argument("--point", default="blocks.*.attn.hook_z", help="where the memory hook goes (default: every layer)")
+    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (equal steps, not time)")
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--kinds", nargs="+", default=["plain", "memory"], choices=["plain", "memory"])
     ap.add_argument("--threads", type=int, default=2)
@@ -70,15 +76,16 @@ def main():
             torch.manual_seed(seed)
             model = GPT(config_from_dict({"model": MODEL}).model)
             params = {"gate_init": a.gate_init, "query_gate": a.query_gate}
-            kv = {"forward": [{"name": "kv_memory", "point": "blocks.*.attn.hook_z", "params": params}]}
+            kv = {"forward": [{"name": "kv_memory", "point": a.point, "params": params}]}
             if kind == "memory": HookSet(config_from_dict({"model": MODEL, "hooks": kv}), model)
             t0 = time.perf_counter()
             log = train_segments(model, tok, train_text, a.budget, batch_size=a.batch_size, passkey_share=a.passkey_share,
-                                 seed=seed, answer_weight=a.answer_weight, warm=a.warm)
+                                 seed=seed, answer_weight=a.answer_weight, warm=a.warm, max_steps=a.max_steps)
             row = {"kind": kind, "seed": seed, "budget_s": a.budget, "train_s": time.perf_counter() - t0,
                    "steps": log[-1]["step"] if log else 0, "params": model.num_params(), "passkey_share": a.passkey_share,
                    "answer_weight": a.answer_weight, "batch_size": a.batch_size, "warm": a.warm, "gate_init": a.gate_init,
-                   "query_gate": a.query_gate,
+                   "query_gate": a.query_gate, "point": a.point if kind == "memory" else None,
+                   "max_steps": a.max_steps,
                    "log": log, "val_loss_1_segment": val_loss(model, corpus.val, 1, seed=seed),
                    "val_loss_8_segments": val_loss(model, corpus.val, 8, seed=seed),
                    "passkey": passkey_vs_distance(model, tok, val_text, DISTANCES, a.prompts, seed=seed)}
