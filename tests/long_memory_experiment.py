@@ -59,7 +59,8 @@ def main():
     ap.add_argument("--gate-init", type=float, default=0.0, help="the memory gates' value at init")
     ap.add_argument("--query-gate", action="store_true", help="the memory gates depend on each position's query")
     ap.add_argument("--point", default="blocks.*.attn.hook_z", help="where the memory hook goes (default: every layer)")
-    ap.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (equal steps, not time)")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="stop after this many steps; the schedule follows steps or time, whichever is further along")
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--kinds", nargs="+", default=["plain", "memory"], choices=["plain", "memory"])
     ap.add_argument("--threads", type=int, default=2)
