@@ -18,14 +18,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .files import atomic_write
-
 # %% auto #0
 __all__ = ['HOOK_KINDS', 'SECTIONS', 'SECTION_TITLES', 'ERROR_WORDS', 'CHECKS', 'MOVED', 'ConfigError', 'ModelConfig',
            'TrainConfig', 'DataConfig', 'EvalConfig', 'SamplingConfig', 'CheckpointConfig', 'OtherConfig', 'HookEntry',
            'ForwardHook', 'BackwardHook', 'UpdateHook', 'AuxLoss', 'HooksConfig', 'hook_list', 'TrainingConfig',
            'register_words', 'describe_error', 'register_check', 'config_from_dict', 'apply_overrides', 'load_config',
-           'config_to_dict', 'config_to_yaml', 'save_config', 'config_diff', 'config_hash']
+           'config_to_dict', 'config_diff', 'config_hash']
 
 # %% ../nbs/02_config.ipynb #33f07d80
 class ConfigError(ValueError):
@@ -480,56 +478,6 @@ def load_config(path: str | os.PathLike | None = None, # a YAML file; None = all
 def config_to_dict(cfg: TrainingConfig) -> dict:
     "The config as a plain nested dict `{section: {key: value}}` of str/int/float/bool/None, and lists and dicts of those in `hooks` (JSON- and YAML-safe)."
     return cfg.model_dump(mode="python")
-
-def _yaml_scalar(v) -> str:
-    "One value in YAML syntax that PyYAML and YAML 1.2 readers both read back exactly (lists and dicts in flow style, on one line)."
-    if isinstance(v, dict): return "{" + ", ".join(f"{k}: {_yaml_scalar(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)): return "[" + ", ".join(_yaml_scalar(x) for x in v) + "]"
-    if v is None: return "null"
-    if isinstance(v, bool): return "true" if v else "false"
-    if isinstance(v, int): return str(v)
-    if isinstance(v, float):
-        r = repr(v)
-        if "e" in r:
-            mant, exp = r.split("e")
-            r = f"{mant if '.' in mant else mant + '.0'}e{exp if exp[0] in '+-' else '+' + exp}"
-        return r
-    return json.dumps(str(v), ensure_ascii=True)  # JSON string escapes are valid YAML double-quoted escapes
-
-def _comment(section: str, key: str) -> str:
-    f = _field(section, key)
-    valid = f.json_schema_extra["valid"] or "list of {name, point, params}; the hooks of chapter 04"
-    return f"{f.description} [default: {_yaml_scalar(f.default)}; valid: {valid}]"
-
-def config_to_yaml(cfg: TrainingConfig,      # the config to write
-                   minimal: bool = False,    # only the keys that differ from the defaults
-                   header: str | None = None,# text for a comment block at the top (may span lines)
-                  ) -> str:
-    "The config as commented YAML: the sections under headings, every key with a comment giving purpose, default and valid range."
-    d, defaults = config_to_dict(cfg), config_to_dict(TrainingConfig())
-    rows = []  # (line, comment or None)
-    for section, cls in SECTIONS.items():
-        keys = [k for k in cls.model_fields if not minimal or d[section][k] != defaults[section][k]]
-        if not keys: continue
-        title, what = SECTION_TITLES[section]
-        rows += [("", None)] if rows else []
-        rows += [(f"# ---- {title}: {what} ----", None), (f"{section}:", None)]
-        for k in keys:
-            v = d[section][k]
-            if isinstance(v, list) and v:  # a list of hooks: one item per line, in flow style
-                rows += [(f"  {k}:", _comment(section, k))] + [(f"    - {_yaml_scalar(item)}", None) for item in v]
-            else: rows.append((f"  {k}: {_yaml_scalar(v)}", _comment(section, k)))
-    width = min(34, max([len(line) for line, c in rows if c] or [0]))
-    out = [f"# {line}".rstrip() for line in header.strip("\n").splitlines()] + [""] if header else []
-    out += [f"{line:<{width}}  # {c}" if c else line for line, c in rows]
-    if not rows: out.append("# every key takes its default")
-    return "\n".join(out) + "\n"
-
-def save_config(cfg: TrainingConfig, path, minimal: bool = False, header: str | None = None) -> Path:
-    "Write `config_to_yaml(cfg, minimal, header)` to `path` (folders created; atomically, with 00a's `atomic_write`), return it; `load_config(path)` reads back an equal config (a relative `data.source` then counts from `path`'s folder)."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, config_to_yaml(cfg, minimal, header))
 
 # %% ../nbs/02_config.ipynb #c4d27aa2
 def config_diff(a: TrainingConfig, b: TrainingConfig) -> list[tuple[str, Any, Any]]:

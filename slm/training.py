@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 import slm
-from .config import ConfigError, TrainingConfig, config_from_dict, save_config
+from .config import ConfigError, TrainingConfig, config_from_dict
+from .config_yaml import save_config
 from .data import SequenceDataset, make_loader
 from .files import atomic_write
 from .hooks import HookSet

@@ -8,7 +8,8 @@ import torch
 import yaml
 
 from slm.config import (HOOK_KINDS, ConfigError, ModelConfig, TrainingConfig, apply_overrides, config_diff,
-                        config_from_dict, config_hash, hook_list, load_config, save_config)
+                        config_from_dict, config_hash, hook_list, load_config)
+from slm.config_yaml import save_config
 from slm.hooks import HOOKS, HookSet, Positive, add_hook, identity, register_hook, run_with_cache
 from slm.hook_configs import annealed_grad_noise, learned_scale, project_tangent, sign, straight_through
 from slm.model import GPT, HookPoint

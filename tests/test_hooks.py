@@ -18,7 +18,8 @@ import torch.nn as nn
 
 import slm
 from slm.config import (HOOK_KINDS, ConfigError, HooksConfig, ModelConfig, TrainingConfig, apply_overrides, config_diff, config_from_dict, config_hash,
-                        hook_list, load_config, save_config)
+                        hook_list, load_config)
+from slm.config_yaml import save_config
 from slm.hooks import (AuxLosses, HookError, HookSet, ablate, act_l1, add_hook, add_update_hook, capture_grads,
                        clip_value, find_params, find_points, grad_scale, hooks, identity, param_l2, patch, run_with_cache,
                        scale)

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from slm.config import ConfigError, config_from_dict, load_config, save_config
+from slm.config import ConfigError, config_from_dict, load_config
+from slm.config_yaml import save_config
 from slm.data import RandomWindows, load_corpus
 from slm.model import GPT
 import slm.generation  # noqa: F401  (chapter 06 registers the sample written at each evaluation)
