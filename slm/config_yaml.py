@@ -42,8 +42,7 @@ def config_to_yaml(cfg: TrainingConfig,      # the config to write
                    minimal: bool = False,    # only the keys that differ from the defaults
                    header: str | None = None,# text for a comment block at the top (may span lines)
                   ) -> str:
-    """The config as commented YAML: the sections under headings, every key with a comment giving purpose, default
-    and valid range."""
+    "The config as commented YAML: sections under headings, each key with its purpose, default and valid range."
     d, defaults = config_to_dict(cfg), config_to_dict(TrainingConfig())
     rows = []  # (line, comment or None)
     for section, cls in SECTIONS.items():
@@ -64,9 +63,7 @@ def config_to_yaml(cfg: TrainingConfig,      # the config to write
     return "\n".join(out) + "\n"
 
 def save_config(cfg: TrainingConfig, path, minimal: bool = False, header: str | None = None) -> Path:
-    """Write `config_to_yaml(cfg, minimal, header)` to `path` (folders created; atomically, with 00a's `atomic_write`),
-    return it; `load_config(path)` reads back an equal config (a relative `data.source` then counts from `path`'s
-    folder)."""
+    "Write `config_to_yaml(cfg, minimal, header)` to `path`, atomically (00a's `atomic_write`), and return the path."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, config_to_yaml(cfg, minimal, header))

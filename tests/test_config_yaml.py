@@ -46,7 +46,7 @@ def test_every_key_line_has_its_comment_and_a_minimal_file_only_the_changes():
 
 
 def test_characters_beyond_the_basic_plane_and_control_characters_round_trip(tmp_path):
-    "JSON would write U+1F600 as a surrogate pair, which YAML reads as two broken characters; DEL and U+2028 need escapes."
+    "JSON writes U+1F600 as a surrogate pair, which YAML reads as two broken characters; DEL and U+2028 need escapes."
     prompt = "caf\u00e9 \U0001f600 \x7f \u2028 \"q\"\n\t"
     cfg = config_from_dict({"eval": {"sample_prompt": prompt}})
     p = save_config(cfg, tmp_path / "u.yaml")

@@ -5,6 +5,7 @@ images that resolve, search, no console errors. The publishing workflows are val
 test and Quarto build."""
 import functools
 import html as html_mod
+import json
 import http.server
 import re
 import sys
@@ -72,6 +73,16 @@ def test_every_notebook_is_in_the_sidebar_list():
     assert docs_offline.site_pages(ROOT)[0] == "index.ipynb", "the home page comes first"
     missing = [p.name for p in NOTEBOOKS if p.name not in listed]
     assert not missing, f"add these to website.sidebar.contents in _quarto.yml: {missing}"
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_cell_holds_only_the_title_and_description(nb):
+    "nbdev turns the first cell into the page's front matter and drops it, so anything else in it never reaches the site."
+    first = json.loads(nb.read_text())["cells"][0]
+    lines = [l for l in "".join(first["source"]).splitlines() if l.strip()]
+    extra = [l for l in lines if not l.startswith(("# ", "> "))]
+    assert first["cell_type"] == "markdown" and lines[0].startswith("# "), f"{nb.name}: the first cell is not the title"
+    assert not extra, f"{nb.name}: move what follows the title and description into a cell of its own: {extra[0][:60]!r}"
 
 
 @pytest.mark.parametrize("stem", sorted(docs_offline.chapter_table(ROOT)))
