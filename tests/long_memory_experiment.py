@@ -15,7 +15,9 @@ whatever else the machine does slows them alike (equal wall-clock budgets stay a
     done; done; wait
 
 (the memory's flags do nothing to a plain run). The other batches of `nbs/results/long-memory/` differ in the flags
-their files record; the first three were trained by an earlier `train_segments` that decayed every parameter.
+their files record; the first three were trained by an earlier `train_segments` that decayed every parameter. For
+equal steps instead of equal time, give every run a `--max-steps` and a `--budget` it cannot reach
+(`query-gate-layer1-equal-steps/`: `--max-steps 5000 --budget 3000`): the schedule then follows the steps alone.
 """
 from __future__ import annotations
 
