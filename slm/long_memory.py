@@ -244,7 +244,8 @@ def passkey_vs_distance(model: nn.Module, tok, text: str,   # the model, its tok
                         clear_each_segment: bool = False, batch_size: int = 100,
                        ) -> list[dict]:                     # per distance: exact-match rate and its Wilson interval
     """Exact match of the `n_digits`-digit key, greedy decoding (`generate_segments`), over `n_prompts` prompts per
-    distance (characters from the key to the question's end; prompts of `prompt_length`), with a 95 % Wilson interval."""
+    distance (characters from the key to the question's end; prompts of `prompt_length`), with a 95 % Wilson interval.
+    Each row's `segments` is the distance in segments, `ceil(distance / T)`; the prompt itself is longer."""
     rows, T = [], model.cfg.context_length
     for d in distances:
         rng, hits = np.random.default_rng([seed, d]), 0
