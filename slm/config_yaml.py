@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from .config import SECTION_TITLES, SECTIONS, TrainingConfig, _field, config_to_dict
+from .config import SECTION_TITLES, SECTIONS, TrainingConfig, _field, _yaml_load, config_to_dict
 from .files import atomic_write
 
 # %% auto #0
@@ -18,7 +19,7 @@ __all__ = ['config_to_yaml', 'save_config']
 def _yaml_scalar(v) -> str:
     """One value in YAML syntax that PyYAML and YAML 1.2 readers both read back exactly (lists and dicts in flow style,
     on one line)."""
-    if isinstance(v, dict): return "{" + ", ".join(f"{k}: {_yaml_scalar(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, dict): return "{" + ", ".join(f"{_yaml_key(k)}: {_yaml_scalar(x)}" for k, x in v.items()) + "}"
     if isinstance(v, (list, tuple)): return "[" + ", ".join(_yaml_scalar(x) for x in v) + "]"
     if v is None: return "null"
     if isinstance(v, bool): return "true" if v else "false"
@@ -31,6 +32,11 @@ def _yaml_scalar(v) -> str:
         return r
     # JSON's escapes are valid in YAML's double quotes, but not its surrogate pairs: beyond U+FFFF, YAML's \U escape
     return '"' + "".join(f"\\U{ord(c):08x}" if ord(c) > 0xFFFF else json.dumps(c)[1:-1] for c in str(v)) + '"'
+
+def _yaml_key(k) -> str:
+    "A key of a flow mapping: bare when YAML reads it back as the same string (`limit`), else quoted (`on`, `null`)."
+    bare = isinstance(k, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k) and _yaml_load(k) == k
+    return k if bare else _yaml_scalar(k)
 
 def _comment(section: str, key: str) -> str:
     "The comment of `section.key`'s line: its purpose, default and valid range, from chapter 02's schema."
@@ -63,7 +69,8 @@ def config_to_yaml(cfg: TrainingConfig,      # the config to write
     return "\n".join(out) + "\n"
 
 def save_config(cfg: TrainingConfig, path, minimal: bool = False, header: str | None = None) -> Path:
-    "Write `config_to_yaml(cfg, minimal, header)` to `path`, atomically (00a's `atomic_write`), and return the path."
+    """Write `config_to_yaml(cfg, minimal, header)` to `path`, atomically (00a's `atomic_write`), and return the path.
+    Raises `OSError` (e.g. `PermissionError`) when the folder cannot be created or written; nothing is left behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(path, config_to_yaml(cfg, minimal, header))

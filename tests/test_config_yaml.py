@@ -52,3 +52,11 @@ def test_characters_beyond_the_basic_plane_and_control_characters_round_trip(tmp
     p = save_config(cfg, tmp_path / "u.yaml")
     assert load_config(p).eval.sample_prompt == prompt
     assert yaml.safe_load(p.read_text())["eval"]["sample_prompt"] == prompt
+
+
+def test_a_hook_parameter_named_like_a_yaml_keyword_stays_a_string():
+    from slm.config_yaml import _yaml_scalar
+    params = {"limit": 0.01, "on": 1, "null": 2, "2024": 3}
+    text = _yaml_scalar({"name": "clip_value", "params": params})
+    assert yaml.safe_load("h: " + text)["h"] == {"name": "clip_value", "params": params}
+    assert text.startswith("{name: ") and "limit: 0.01" in text      # ordinary names stay bare
